@@ -1,0 +1,1319 @@
+#!/usr/bin/env python3
+"""keyaudit: ask the exchange itself whether a trading bot's API key is safe.
+
+A bot's key must be able to read and trade, must never be able to withdraw or
+move funds out, and must only work from the server's static IP.  This program
+asks the exchange what the key can do and says PASS, WARN, FAIL or ERROR.
+
+It is deliberately a single file that needs nothing but the Python 3 standard
+library: it runs on a bare Debian 12/13 host, as ``python3 keyaudit.py``, and is
+also importable as ``botvps.keyaudit``.
+
+Usage::
+
+    python3 keyaudit.py --config CONFIG.json --env-file SECRETS.env \
+        [--json] [--allow-unchecked]
+
+CONFIG.json (root-owned, not secret)::
+
+    {"bot": "alpha", "exchange": "binance", "key_var": "BINANCE_KEY",
+     "secret_var": "BINANCE_SECRET", "passphrase_var": null,
+     "static_ipv4": "203.0.113.7", "base_url": null, "timeout": 10,
+     "retries": 3, "expiry_warn_days": 14}
+
+``bot``, ``exchange``, ``key_var``, ``secret_var`` and ``static_ipv4`` are
+required; the rest default to the values above (``passphrase_var`` is required
+for okx).  ``retries`` is the number of retries after the first attempt.
+
+SECRETS.env is a systemd EnvironmentFile; ``--env-file -`` reads the variables
+from this process' own environment instead.
+
+Exit codes: 0 pass or warn; 1 fail (the key is unsafe); 2 could not check
+(network, timeout, 5xx after retries, the exchange rejected the key, clock skew,
+bad config or secrets).  ``--allow-unchecked`` turns a could-not-check caused by
+the exchange (network, 5xx, auth, clock skew) into exit 0 with a warning; a FAIL
+still exits 1, and a broken config or secrets file still exits 2.
+
+The key is only ever shown as its last four characters; the secret and the
+passphrase are never printed, in any form, and no traceback is ever shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import types
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_UNCHECKED = 2
+
+PASS, WARN, FAIL, ERROR = "pass", "warn", "fail", "error"
+
+CLOCK_SKEW_TOLERANCE_S = 30.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 4.0
+
+
+# --------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------
+
+
+class KeyAuditError(Exception):
+    """Base class; its message is always safe to print."""
+
+
+class ConfigError(KeyAuditError):
+    """The config or secrets file is unusable (always exit 2)."""
+
+
+class CheckError(KeyAuditError):
+    """The exchange could not be asked, or its answer was unusable."""
+
+
+class AuthError(CheckError):
+    """The exchange rejected the key, its signature or its source IP."""
+
+
+class ClockSkewError(CheckError):
+    """The exchange rejected the request time: this host's clock is off."""
+
+
+class TransientError(Exception):
+    """A network-level failure worth retrying (internal)."""
+
+
+# --------------------------------------------------------------------------
+# systemd EnvironmentFile parser
+# --------------------------------------------------------------------------
+
+# The constants and the state machine below follow systemd's
+# src/basic/env-file.c (parse_env_file_internal), which is what
+# EnvironmentFile= uses: COMMENTS "#;", WHITESPACE " \t\n\r", NEWLINE "\n\r",
+# SHELL_NEED_ESCAPE "\"\\`$".  Double-quoted values may span lines; inside them a
+# backslash only escapes those four characters (and a newline, which is
+# dropped); any other backslash is kept.  Unquoted values lose their trailing
+# whitespace, a backslash there escapes any character, and "#" is literal.
+_ENV_COMMENTS = "#;"
+_ENV_WHITESPACE = " \t\n\r"
+_ENV_NEWLINE = "\n\r"
+_ENV_SHELL_NEED_ESCAPE = '"\\`$'
+
+
+class _EnvParser:
+    """One pass over an EnvironmentFile; use parse_env_file()."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, str] = {}
+        self.state = "PRE_KEY"
+        self.key: list[str] = []
+        self.value: list[str] = []
+        self.key_ws: int | None = None  # index where trailing key whitespace starts
+        self.value_ws: int | None = None  # same for unquoted values
+
+    def feed(self, text: str) -> dict[str, str]:
+        for c in text:
+            getattr(self, "_" + self.state.lower())(c)
+        if self.state in ("PRE_VALUE", "VALUE", "VALUE_ESCAPE", "SINGLE_QUOTE_VALUE",
+                          "DOUBLE_QUOTE_VALUE", "DOUBLE_QUOTE_VALUE_ESCAPE"):
+            self._push(chomp_value=self.state == "VALUE")
+        return self.result
+
+    def _push(self, chomp_value: bool) -> None:
+        key = self.key[: self.key_ws] if self.key_ws is not None else self.key
+        value = self.value
+        if chomp_value and self.value_ws is not None:
+            value = value[: self.value_ws]
+        self.result["".join(key)] = "".join(value)
+        self.key, self.value, self.key_ws, self.value_ws = [], [], None, None
+
+    def _pre_key(self, c: str) -> None:
+        if c in _ENV_COMMENTS:
+            self.state = "COMMENT"
+        elif c not in _ENV_WHITESPACE:
+            self.state = "KEY"
+            self.key, self.key_ws = [c], None
+
+    def _key(self, c: str) -> None:
+        if c in _ENV_NEWLINE:  # a line without "=" is ignored
+            self.state, self.key = "PRE_KEY", []
+        elif c == "=":
+            self.state, self.value, self.value_ws = "PRE_VALUE", [], None
+        else:
+            if c not in _ENV_WHITESPACE:
+                self.key_ws = None
+            elif self.key_ws is None:
+                self.key_ws = len(self.key)
+            self.key.append(c)
+
+    def _pre_value(self, c: str) -> None:
+        if c in _ENV_NEWLINE:
+            self.state = "PRE_KEY"
+            self._push(chomp_value=False)
+        elif c == "'":
+            self.state = "SINGLE_QUOTE_VALUE"
+        elif c == '"':
+            self.state = "DOUBLE_QUOTE_VALUE"
+        elif c == "\\":
+            self.state = "VALUE_ESCAPE"
+        elif c not in _ENV_WHITESPACE:
+            self.state = "VALUE"
+            self.value.append(c)
+
+    def _value(self, c: str) -> None:
+        if c in _ENV_NEWLINE:
+            self.state = "PRE_KEY"
+            self._push(chomp_value=True)
+        elif c == "\\":
+            self.state, self.value_ws = "VALUE_ESCAPE", None
+        else:
+            if c not in _ENV_WHITESPACE:
+                self.value_ws = None
+            elif self.value_ws is None:
+                self.value_ws = len(self.value)
+            self.value.append(c)
+
+    def _value_escape(self, c: str) -> None:
+        self.state = "VALUE"
+        if c not in _ENV_NEWLINE:  # an escaped newline is a line continuation
+            self.value.append(c)
+
+    def _single_quote_value(self, c: str) -> None:
+        if c == "'":
+            self.state = "PRE_VALUE"
+        else:
+            self.value.append(c)
+
+    def _double_quote_value(self, c: str) -> None:
+        if c == '"':
+            self.state = "PRE_VALUE"
+        elif c == "\\":
+            self.state = "DOUBLE_QUOTE_VALUE_ESCAPE"
+        else:
+            self.value.append(c)
+
+    def _double_quote_value_escape(self, c: str) -> None:
+        self.state = "DOUBLE_QUOTE_VALUE"
+        if c in _ENV_SHELL_NEED_ESCAPE:
+            self.value.append(c)
+        elif c != "\n":
+            self.value.extend(("\\", c))
+
+    def _comment(self, c: str) -> None:
+        if c == "\\":
+            self.state = "COMMENT_ESCAPE"
+        elif c in _ENV_NEWLINE:
+            self.state = "PRE_KEY"
+
+    def _comment_escape(self, c: str) -> None:
+        self.state = "PRE_KEY" if c in _ENV_NEWLINE else "COMMENT"
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Parse systemd EnvironmentFile syntax into a dict (later lines win)."""
+    return _EnvParser().feed(text)
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secrets file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # The exception text would quote the offending byte: never show it.
+        raise ConfigError(f"secrets file {path} is not valid UTF-8") from None
+    return parse_env_file(text)
+
+
+# --------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------
+
+EXCHANGE_NAMES = ("binance", "bybit", "okx", "kraken", "coinbase")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REQUIRED = ("bot", "exchange", "key_var", "secret_var", "static_ipv4")
+_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
+    "passphrase_var": None, "base_url": None, "timeout": 10, "retries": 3,
+    "expiry_warn_days": 14,
+})
+
+
+@dataclass(frozen=True)
+class Config:
+    bot: str
+    exchange: str
+    key_var: str
+    secret_var: str
+    passphrase_var: str | None
+    static_ipv4: str
+    base_url: str | None
+    timeout: float
+    retries: int
+    expiry_warn_days: int
+
+
+def _field_error(name: str, problem: str) -> ConfigError:
+    return ConfigError(f"config field '{name}' {problem}")
+
+
+def _check_str(raw: Mapping[str, Any], name: str) -> str:
+    value = raw[name]
+    if not isinstance(value, str) or not value.strip():
+        raise _field_error(name, "must be a non-empty string")
+    return value
+
+
+def _check_env_name(raw: Mapping[str, Any], name: str) -> str:
+    value = _check_str(raw, name)
+    if not _ENV_NAME.match(value):
+        raise _field_error(name, "must be an environment variable name")
+    return value
+
+
+def _check_number(raw: Mapping[str, Any], name: str, *, integer: bool, minimum: float) -> Any:
+    value = raw[name]
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise _field_error(name, f"must be {kind} >= {minimum:g}")
+    return value
+
+
+def _check_base_url(raw: Mapping[str, Any]) -> str | None:
+    value = raw["base_url"]
+    if value is None:
+        return None
+    url = _check_str(raw, "base_url")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _field_error("base_url", "must be null or an http(s)://host[:port] URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise _field_error("base_url", "must not contain a path, query or fragment")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a decoded CONFIG.json; errors name the offending field."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a JSON object")
+    unknown = sorted(set(raw) - set(_REQUIRED) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"config has unknown field '{unknown[0]}'")
+    missing = [name for name in _REQUIRED if name not in raw]
+    if missing:
+        raise ConfigError(f"config is missing required field '{missing[0]}'")
+    merged = {**_DEFAULTS, **raw}
+    exchange = _check_str(merged, "exchange")
+    if exchange not in EXCHANGE_NAMES:
+        raise _field_error("exchange", f"must be one of {', '.join(EXCHANGE_NAMES)}")
+    passphrase_var = None
+    if exchange == "okx":
+        if merged["passphrase_var"] is None:
+            raise _field_error("passphrase_var", "is required for okx")
+        passphrase_var = _check_env_name(merged, "passphrase_var")
+    try:
+        static_ip = str(ipaddress.IPv4Address(_check_str(merged, "static_ipv4")))
+    except ipaddress.AddressValueError:
+        raise _field_error("static_ipv4", "must be an IPv4 address") from None
+    return Config(
+        bot=_check_str(merged, "bot"),
+        exchange=exchange,
+        key_var=_check_env_name(merged, "key_var"),
+        secret_var=_check_env_name(merged, "secret_var"),
+        passphrase_var=passphrase_var,
+        static_ipv4=static_ip,
+        base_url=_check_base_url(merged),
+        timeout=float(_check_number(merged, "timeout", integer=False, minimum=0.001)),
+        retries=_check_number(merged, "retries", integer=True, minimum=0),
+        expiry_warn_days=_check_number(merged, "expiry_warn_days", integer=True, minimum=0),
+    )
+
+
+def read_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is not valid JSON: {exc}") from None
+    return parse_config(raw)
+
+
+# --------------------------------------------------------------------------
+# Credentials and redaction
+# --------------------------------------------------------------------------
+
+
+def mask_key(key: str) -> str:
+    """The only form in which a key is ever shown: its last four characters."""
+    return "..." + key[-4:] if len(key) >= 8 else "..."
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key: str = field(repr=False)
+    secret: str = field(repr=False)
+    passphrase: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"Credentials(key={mask_key(self.key)!r})"
+
+
+def load_credentials(config: Config, env: Mapping[str, str], source: str) -> Credentials:
+    def get(var: str) -> str:
+        value = env.get(var)
+        if not value:
+            raise ConfigError(f"{var} is not set in {source}")
+        return value
+
+    return Credentials(
+        key=get(config.key_var).strip(),
+        secret=get(config.secret_var),
+        passphrase=get(config.passphrase_var) if config.passphrase_var else None,
+    )
+
+
+class Redactor:
+    """Last line of defence: scrub credentials out of any text we print."""
+
+    def __init__(self, creds: Credentials | None) -> None:
+        self._tokens: list[tuple[str, str]] = []
+        if creds is None:
+            return
+        for token in (creds.secret, creds.passphrase):
+            self._add_secret(token)
+        if len(creds.key) >= 4:
+            self._tokens.append((creds.key, mask_key(creds.key)))
+        self._tokens.sort(key=lambda pair: -len(pair[0]))
+
+    def _add_secret(self, token: str | None) -> None:
+        if not token:
+            return
+        self._tokens.append((token, "[redacted]"))
+        for piece in re.split(r"\s+|\\n", token):  # e.g. the lines of a PEM key
+            if len(piece) >= 8 and not piece.startswith("-----"):
+                self._tokens.append((piece, "[redacted]"))
+
+    def clean(self, text: str) -> str:
+        for token, replacement in self._tokens:
+            text = text.replace(token, replacement)
+        return text
+
+
+# --------------------------------------------------------------------------
+# HTTP with bounded retries
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(repr=False)
+    body: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes = field(repr=False)
+
+
+Sender = Callable[[HttpRequest, float], HttpResponse]
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Exchange APIs do not redirect; following one would resend the key elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def urllib_send(request: HttpRequest, timeout: float) -> HttpResponse:
+    """Send one request; any status is a response, network trouble is transient."""
+    req = urllib.request.Request(request.url, data=request.body,
+                                 headers=dict(request.headers), method=request.method)
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return HttpResponse(resp.status, _lower(resp.headers.items()), resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read()
+        except (OSError, http.client.HTTPException):
+            body = b""
+        return HttpResponse(exc.code, _lower((exc.headers or {}).items()), body)
+    except TimeoutError:
+        raise TransientError(f"timed out after {timeout:g}s") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise TransientError(f"timed out after {timeout:g}s") from None
+        raise TransientError(f"connection failed: {reason}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise TransientError(f"connection failed: {type(exc).__name__}") from None
+
+
+def _lower(items: Any) -> dict[str, str]:
+    return {str(name).lower(): str(value) for name, value in items}
+
+
+def backoff_delay(retry_number: int) -> float:
+    """0.5 s, 1 s, 2 s, 4 s, 4 s ... before retry 1, 2, 3 ..."""
+    return min(BACKOFF_BASE_S * 2.0 ** (retry_number - 1), BACKOFF_MAX_S)
+
+
+def send_with_retries(build: Callable[[], HttpRequest], *, send: Sender, timeout: float,
+                      retries: int, sleep: Callable[[float], None], label: str) -> HttpResponse:
+    """Retry connection errors, timeouts and 5xx; never retry 4xx.
+
+    The request is rebuilt (re-signed) for every attempt because timestamps,
+    nonces and JWTs are single-use.
+    """
+    problem = "no attempt made"
+    attempts = retries + 1
+    for attempt in range(attempts):
+        if attempt:
+            sleep(backoff_delay(attempt))
+        try:
+            response = send(build(), timeout)
+        except TransientError as exc:
+            problem = str(exc)
+            continue
+        if response.status >= 500:
+            problem = f"HTTP {response.status}"
+            continue
+        return response
+    plural = "s" if attempts != 1 else ""
+    raise CheckError(f"could not reach {label}: {problem} ({attempts} attempt{plural})")
+
+
+# --------------------------------------------------------------------------
+# Findings shared by the exchanges
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # WARN or FAIL
+    message: str
+
+
+_ANY_IP = ("*", "0.0.0.0", "0.0.0.0/0", "::/0", "::")
+
+
+def allowlist_findings(entries: Sequence[str], static_ip: str) -> list[Finding]:
+    """FAIL on no restriction or a list without this host; WARN on extra entries."""
+    cleaned = [str(entry).strip() for entry in entries if str(entry).strip()]
+    if not cleaned or any(entry in _ANY_IP for entry in cleaned):
+        return [Finding(FAIL, "no IP restriction (key works from any IP)")]
+    host = ipaddress.ip_address(static_ip)
+    covering, others = [], []
+    for entry in cleaned:
+        try:
+            network = ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            others.append(entry)
+            continue
+        if network.prefixlen == 0:
+            return [Finding(FAIL, "no IP restriction (key works from any IP)")]
+        if host in network:
+            covering.append(entry)
+        if host not in network or network.num_addresses > 1:
+            others.append(entry)  # a range also admits hosts other than this one
+    if not covering:
+        return [Finding(FAIL, f"IP whitelist does not include {static_ip}")]
+    if others:
+        return [Finding(WARN, "IP whitelist also allows " + ", ".join(others))]
+    return []
+
+
+def expiry_findings(expires: dt.datetime | None, now: dt.datetime, warn_days: int,
+                    what: str = "key") -> list[Finding]:
+    if expires is None:
+        return []
+    day = expires.strftime("%Y-%m-%d")
+    remaining = expires - now
+    if remaining.total_seconds() <= 0:
+        return [Finding(WARN, f"{what} expired on {day}")]
+    if remaining <= dt.timedelta(days=warn_days):
+        return [Finding(WARN, f"{what} expires in {remaining.days} days ({day})")]
+    return []
+
+
+def _parse_timestamp(value: Any) -> dt.datetime | None:
+    """ISO-8601 text or unix seconds/milliseconds; empty, 0 and None mean 'never'."""
+    if value in (None, "", 0, "0"):
+        return None
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.isdigit()):
+        seconds = float(value)
+        if seconds > 1e11:  # milliseconds
+            seconds /= 1000
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _require(payload: Mapping[str, Any], name: str, kind: type | tuple[type, ...],
+             label: str) -> Any:
+    """Fail closed: a field we rely on must be present with the right type."""
+    value = payload.get(name)
+    if not isinstance(value, kind):
+        raise CheckError(f"{label} response lacks a usable '{name}' field")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Signing primitives: HMAC
+# --------------------------------------------------------------------------
+
+
+def hmac_digest(key: bytes, message: bytes, algorithm: str = "sha256") -> bytes:
+    return hmac.new(key, message, algorithm).digest()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+# --------------------------------------------------------------------------
+# Signing primitives: ECDSA P-256 (pure Python, for Coinbase ES256 JWTs)
+# --------------------------------------------------------------------------
+# Curve constants from SEC 2 / FIPS 186-4 (secp256r1 = prime256v1 = P-256).
+# Deterministic nonces per RFC 6979 section 3.2 with HMAC-SHA256.  This is not
+# constant-time; it signs one short-lived JWT per run on the host that already
+# holds the key, which is an acceptable exposure for this tool.
+
+P256_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+P256_G = (0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
+          0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
+
+_Jacobian = tuple[int, int, int]
+_INFINITY: _Jacobian = (0, 1, 0)
+
+
+def _jacobian_double(pt: _Jacobian) -> _Jacobian:
+    x, y, z = pt
+    if z == 0 or y == 0:
+        return _INFINITY
+    p = P256_P
+    delta, gamma = z * z % p, y * y % p
+    beta = x * gamma % p
+    alpha = 3 * (x - delta) * (x + delta) % p  # a = -3
+    x3 = (alpha * alpha - 8 * beta) % p
+    z3 = ((y + z) ** 2 - gamma - delta) % p
+    y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % p
+    return x3, y3, z3
+
+
+def _jacobian_add(p1: _Jacobian, p2: _Jacobian) -> _Jacobian:
+    if p1[2] == 0:
+        return p2
+    if p2[2] == 0:
+        return p1
+    p = P256_P
+    x1, y1, z1 = p1
+    x2, y2, z2 = p2
+    z1z1, z2z2 = z1 * z1 % p, z2 * z2 % p
+    u1, u2 = x1 * z2z2 % p, x2 * z1z1 % p
+    s1, s2 = y1 * z2 * z2z2 % p, y2 * z1 * z1z1 % p
+    if u1 == u2:
+        return _jacobian_double(p1) if s1 == s2 else _INFINITY
+    h, r = (u2 - u1) % p, (s2 - s1) % p
+    h2 = h * h % p
+    h3, u1h2 = h * h2 % p, u1 * h2 % p
+    x3 = (r * r - h3 - 2 * u1h2) % p
+    y3 = (r * (u1h2 - x3) - s1 * h3) % p
+    return x3, y3, h * z1 * z2 % p
+
+
+def p256_multiply(scalar: int, point: tuple[int, int] = P256_G) -> tuple[int, int]:
+    """scalar * point in affine coordinates (Montgomery ladder)."""
+    r0, r1 = _INFINITY, (point[0], point[1], 1)
+    for bit in bin(scalar)[2:]:
+        if bit == "1":
+            r0, r1 = _jacobian_add(r0, r1), _jacobian_double(r1)
+        else:
+            r1, r0 = _jacobian_add(r0, r1), _jacobian_double(r0)
+    x, y, z = r0
+    if z == 0:
+        raise ValueError("point at infinity")
+    z_inv = pow(z, -1, P256_P)
+    return x * z_inv * z_inv % P256_P, y * z_inv ** 3 % P256_P
+
+
+def _rfc6979_k(private_key: int, digest: bytes) -> int:
+    """RFC 6979 section 3.2 for qlen = hlen = 256 (SHA-256)."""
+    x = private_key.to_bytes(32, "big")
+    h = (int.from_bytes(digest, "big") % P256_N).to_bytes(32, "big")  # bits2octets
+    v, k = b"\x01" * 32, b"\x00" * 32
+    k = hmac_digest(k, v + b"\x00" + x + h)
+    v = hmac_digest(k, v)
+    k = hmac_digest(k, v + b"\x01" + x + h)
+    v = hmac_digest(k, v)
+    while True:
+        v = hmac_digest(k, v)
+        candidate = int.from_bytes(v, "big")
+        if 1 <= candidate < P256_N:
+            return candidate
+        k = hmac_digest(k, v + b"\x00")
+        v = hmac_digest(k, v)
+
+
+def ecdsa_p256_sign(private_key: int, message: bytes) -> tuple[int, int]:
+    """ECDSA over SHA-256(message); returns (r, s)."""
+    digest = hashlib.sha256(message).digest()
+    e = int.from_bytes(digest, "big")
+    k = _rfc6979_k(private_key, digest)
+    while True:
+        r = p256_multiply(k)[0] % P256_N
+        s = pow(k, -1, P256_N) * (e + r * private_key) % P256_N
+        if r and s:
+            return r, s
+        k = (k + 1) % P256_N or 1  # practically unreachable
+
+
+# --------------------------------------------------------------------------
+# PEM / DER parsing of EC private keys (SEC1 "EC PRIVATE KEY" and PKCS#8)
+# --------------------------------------------------------------------------
+
+_OID_EC_PUBLIC_KEY = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1
+_OID_P256 = bytes.fromhex("2a8648ce3d030107")  # 1.2.840.10045.3.1.7
+_DER_INTEGER, _DER_BIT_STRING, _DER_OCTET_STRING, _DER_OID, _DER_SEQUENCE = (
+    0x02, 0x03, 0x04, 0x06, 0x30)
+
+
+def _der_read(data: bytes, pos: int = 0) -> tuple[int, bytes, int]:
+    """Read one TLV at pos: (tag, value, next position)."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos:pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, data[pos:pos + length], pos + length
+
+
+def _der_children(data: bytes) -> list[tuple[int, bytes]]:
+    children, pos = [], 0
+    while pos < len(data):
+        tag, value, pos = _der_read(data, pos)
+        children.append((tag, value))
+    return children
+
+
+def _der_sequence(data: bytes) -> list[tuple[int, bytes]]:
+    tag, value, end = _der_read(data)
+    if tag != _DER_SEQUENCE or end != len(data):
+        raise ValueError("expected a DER SEQUENCE")
+    return _der_children(value)
+
+
+def _parse_sec1(der: bytes) -> int:
+    """RFC 5915 ECPrivateKey -> private scalar (checks curve and public key)."""
+    items = _der_sequence(der)
+    if len(items) < 2 or items[0] != (_DER_INTEGER, b"\x01") or items[1][0] != _DER_OCTET_STRING:
+        raise ValueError("not an RFC 5915 ECPrivateKey")
+    scalar = int.from_bytes(items[1][1], "big")
+    public = None
+    for tag, value in items[2:]:
+        if tag == 0xA0:  # [0] ECParameters: must name P-256
+            oid_tag, oid, _ = _der_read(value)
+            if oid_tag != _DER_OID or oid != _OID_P256:
+                raise ValueError("the key is not on curve P-256")
+        elif tag == 0xA1:  # [1] publicKey BIT STRING: 00 04 X Y
+            bit_tag, bits, _ = _der_read(value)
+            if bit_tag == _DER_BIT_STRING and len(bits) == 66 and bits[:2] == b"\x00\x04":
+                public = (int.from_bytes(bits[2:34], "big"), int.from_bytes(bits[34:], "big"))
+    if not 1 <= scalar < P256_N:
+        raise ValueError("private scalar out of range")
+    if public is not None and p256_multiply(scalar) != public:
+        raise ValueError("public key does not match private key")
+    return scalar
+
+
+def _parse_pkcs8(der: bytes) -> int:
+    """RFC 5208 PrivateKeyInfo wrapping an RFC 5915 ECPrivateKey."""
+    items = _der_sequence(der)
+    if len(items) < 3 or items[0][0] != _DER_INTEGER or items[1][0] != _DER_SEQUENCE:
+        raise ValueError("not a PKCS#8 PrivateKeyInfo")
+    algorithm = _der_children(items[1][1])
+    if not algorithm or algorithm[0] != (_DER_OID, _OID_EC_PUBLIC_KEY):
+        raise ValueError("the PKCS#8 key is not an EC key")
+    if len(algorithm) < 2 or algorithm[1] != (_DER_OID, _OID_P256):
+        raise ValueError("the key is not on curve P-256")
+    if items[2][0] != _DER_OCTET_STRING:
+        raise ValueError("PKCS#8 key has no privateKey")
+    return _parse_sec1(items[2][1])
+
+
+def parse_ec_private_key_pem(text: str) -> int:
+    """Private scalar from a PEM "EC PRIVATE KEY" or "PRIVATE KEY" (P-256 only).
+
+    Raises ValueError with a message that never contains key material.
+    """
+    if "\n" not in text and "\\n" in text:  # pasted with literal \n escapes
+        text = text.replace("\\n", "\n")
+    match = re.search(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", text, re.S)
+    if not match:
+        raise ValueError("not a PEM private key")
+    label, body = match.group(1), match.group(2)
+    if label == "ENCRYPTED PRIVATE KEY" or "Proc-Type:" in body:
+        raise ValueError("encrypted private keys are not supported")
+    try:
+        der = base64.b64decode("".join(body.split()), validate=True)
+    except binascii.Error:
+        raise ValueError("PEM body is not valid base64") from None
+    if label == "EC PRIVATE KEY":
+        return _parse_sec1(der)
+    if label == "PRIVATE KEY":
+        return _parse_pkcs8(der)
+    raise ValueError(f"unsupported PEM type '{label}'")
+
+
+def build_cdp_jwt(key_name: str, private_key: int, uri: str, now: int,
+                  nonce: str | None = None) -> str:
+    """A Coinbase Developer Platform ES256 JWT for one REST request.
+
+    Per https://docs.cdp.coinbase.com/get-started/authentication/jwt-authentication
+    and coinbase-advanced-py's jwt_generator: header {alg ES256, kid = key name,
+    nonce = random hex, typ JWT}; claims {sub = key name, iss "cdp", nbf = now,
+    exp = now + 120, uri = "GET api.coinbase.com/api/v3/..."}.
+    """
+    header = {"alg": "ES256", "kid": key_name, "nonce": nonce or secrets.token_hex(),
+              "typ": "JWT"}
+    claims = {"sub": key_name, "iss": "cdp", "nbf": now, "exp": now + 120, "uri": uri}
+    signing_input = ".".join(
+        b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims))
+    r, s = ecdsa_p256_sign(private_key, signing_input.encode("ascii"))
+    return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+
+# --------------------------------------------------------------------------
+# Exchanges
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    static_ipv4: str
+    expiry_warn_days: int
+    now: dt.datetime
+
+
+class Exchange:
+    """One exchange: how to sign the request, read errors, and judge the key."""
+
+    name = ""
+    default_base_url = ""
+    path = ""
+    auth_codes: frozenset[str] = frozenset()
+    skew_codes: frozenset[str] = frozenset()
+
+    def __init__(self, creds: Credentials) -> None:
+        self.creds = creds
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        raise NotImplementedError
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        """(code, message) if the decoded body is an exchange error."""
+        raise NotImplementedError
+
+    def payload_of(self, body: Any) -> Any:
+        return body
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        raise NotImplementedError
+
+    def check_response(self, resp: HttpResponse, now: float) -> Mapping[str, Any]:
+        body = _decode_json(resp.body)
+        error = self.error_of(resp.status, body)
+        if error is None and resp.status != 200:
+            error = (f"HTTP {resp.status}", _short_text(resp.body))
+        if error is None:
+            payload = self.payload_of(body)
+            if not isinstance(payload, dict):
+                raise CheckError(f"{self.name} returned an unexpected response shape")
+            return payload
+        code, message = error
+        text = f"{code} {message}".strip()
+        if code in self.skew_codes:
+            raise ClockSkewError(f"{self.name} rejected the request time: {text}; "
+                                 "the clock on this host is off, check time sync "
+                                 "(timedatectl status, chronyc tracking)")
+        if code in self.auth_codes or resp.status in (401, 403):
+            skew = _server_clock_skew(resp, now)
+            if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE_S:
+                raise ClockSkewError(
+                    f"{self.name} rejected the key ({text}) and its clock differs from "
+                    f"this host's by {skew:+.0f}s; check time sync "
+                    "(timedatectl status, chronyc tracking)")
+            raise AuthError(f"{self.name} rejected the key: {text}{self.auth_hint(code)}")
+        raise CheckError(f"{self.name} returned an error: {text}")
+
+    def auth_hint(self, code: str) -> str:
+        return ""
+
+
+def _decode_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _short_text(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    text = re.sub(r"<[^>]*>", " ", text)  # HTML error pages
+    return " ".join(text.split())[:200]
+
+
+def _server_clock_skew(resp: HttpResponse, now: float) -> float | None:
+    """Server Date header minus local time, in seconds, if the server sent one."""
+    try:
+        parsed = email.utils.parsedate_to_datetime(resp.headers.get("date", ""))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return float(parsed.timestamp() - now) if parsed else None
+
+
+def _millis(now: float) -> int:
+    return int(now * 1000)
+
+
+class Binance(Exchange):
+    """GET /sapi/v1/account/apiRestrictions (Wallet: "Get API Key Permission").
+
+    Docs: developers.binance.com/docs/wallet/account/api-key-permission and
+    .../binance-spot-api-docs/rest-api/endpoint-security-type: HMAC-SHA256 hex
+    of the query string (timestamp, recvWindow), appended as the last
+    parameter "signature"; key in the X-MBX-APIKEY header.  The response only
+    says whether an IP restriction exists (ipRestrict), not which IPs; a
+    restricted key that answers at all is reachable from this host.
+    """
+
+    name = "binance"
+    default_base_url = "https://api.binance.com"
+    path = "/sapi/v1/account/apiRestrictions"
+    recv_window_ms = 5000
+    auth_codes = frozenset({"-1022", "-2008", "-2014", "-2015"})
+    skew_codes = frozenset({"-1021"})
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        query = urllib.parse.urlencode(
+            {"timestamp": _millis(now), "recvWindow": self.recv_window_ms})
+        signature = hmac_digest(self.creds.secret.encode(), query.encode()).hex()
+        return HttpRequest("GET", f"{base_url}{self.path}?{query}&signature={signature}",
+                           {"X-MBX-APIKEY": self.creds.key})
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        if status != 200 and isinstance(body, dict) and "code" in body:
+            return str(body["code"]), str(body.get("msg", ""))
+        return None
+
+    def auth_hint(self, code: str) -> str:
+        if code == "-2015":
+            return " (wrong key, or this host's IP is not on the key's whitelist)"
+        return ""
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        flags = {
+            "enableWithdrawals": "withdrawals enabled",
+            "enableInternalTransfer": "internal transfer enabled",
+            "permitsUniversalTransfer": "universal transfer enabled",
+        }
+        findings = [Finding(FAIL, text) for name, text in flags.items()
+                    if _require(payload, name, bool, self.name)]
+        if not _require(payload, "ipRestrict", bool, self.name):
+            findings.append(Finding(FAIL, "no IP restriction (key works from any IP)"))
+        expiry = _parse_timestamp(payload.get("tradingAuthorityExpirationTime"))
+        return findings + expiry_findings(expiry, ctx.now, ctx.expiry_warn_days,
+                                          "spot trading permission")
+
+
+class Bybit(Exchange):
+    """GET /v5/user/query-api ("Get API Key Information").
+
+    Docs: bybit-exchange.github.io/docs/v5/guide (authentication) and
+    .../docs/v5/user/apikey-info.  Signature: HMAC-SHA256 hex of
+    timestamp + api_key + recv_window + queryString, sent in X-BAPI-SIGN with
+    X-BAPI-API-KEY, X-BAPI-TIMESTAMP and X-BAPI-RECV-WINDOW.  Errors come back
+    as HTTP 200 with a non-zero retCode.
+    """
+
+    name = "bybit"
+    default_base_url = "https://api.bybit.com"
+    path = "/v5/user/query-api"
+    recv_window_ms = 5000
+    auth_codes = frozenset({"10003", "10004", "10005", "10007", "10009", "10010", "33004"})
+    skew_codes = frozenset({"10002"})
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        timestamp, recv_window, query = str(_millis(now)), str(self.recv_window_ms), ""
+        prehash = timestamp + self.creds.key + recv_window + query
+        signature = hmac_digest(self.creds.secret.encode(), prehash.encode()).hex()
+        headers = {"X-BAPI-API-KEY": self.creds.key, "X-BAPI-TIMESTAMP": timestamp,
+                   "X-BAPI-RECV-WINDOW": recv_window, "X-BAPI-SIGN": signature,
+                   "X-BAPI-SIGN-TYPE": "2"}
+        return HttpRequest("GET", base_url + self.path, headers)
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        if isinstance(body, dict) and body.get("retCode", 0) != 0:
+            return str(body["retCode"]), str(body.get("retMsg", ""))
+        return None
+
+    def payload_of(self, body: Any) -> Any:
+        return body.get("result") if isinstance(body, dict) else None
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        permissions = _require(payload, "permissions", dict, self.name)
+        granted = [str(p).lower() for group in permissions.values()
+                   if isinstance(group, list) for p in group]
+        findings = []
+        if "withdraw" in granted:
+            findings.append(Finding(FAIL, "withdrawals enabled"))
+        ips = _require(payload, "ips", list, self.name)
+        findings += allowlist_findings(ips, ctx.static_ipv4)
+        try:
+            expires = _parse_timestamp(payload.get("expiredAt"))
+        except ValueError:
+            return findings + [Finding(WARN, "could not read the key's expiredAt")]
+        return findings + expiry_findings(expires, ctx.now, ctx.expiry_warn_days)
+
+
+class Okx(Exchange):
+    """GET /api/v5/account/config ("Get account configuration").
+
+    Docs: okx.com/docs-v5/en/#overview-rest-authentication: OK-ACCESS-SIGN is
+    base64(HMAC-SHA256(timestamp + method + requestPath + body)) with the
+    timestamp in ISO-8601 UTC milliseconds, also sent as OK-ACCESS-TIMESTAMP,
+    plus OK-ACCESS-KEY and OK-ACCESS-PASSPHRASE.  The response's "perm" is a
+    comma-separated list (read_only, trade, withdraw) and "ip" a
+    comma-separated list, "" when no IP is bound.  Requests more than 30 s off
+    the server clock get 50102.
+    """
+
+    name = "okx"
+    default_base_url = "https://www.okx.com"
+    path = "/api/v5/account/config"
+    auth_codes = frozenset({"50100", "50101", "50103", "50104", "50105", "50106", "50107",
+                            "50108", "50109", "50110", "50111", "50112", "50113", "50114",
+                            "50119"})
+    skew_codes = frozenset({"50102"})
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC)
+        timestamp = stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+        prehash = timestamp + "GET" + self.path + ""
+        signature = b64(hmac_digest(self.creds.secret.encode(), prehash.encode()))
+        headers = {"OK-ACCESS-KEY": self.creds.key, "OK-ACCESS-SIGN": signature,
+                   "OK-ACCESS-TIMESTAMP": timestamp,
+                   "OK-ACCESS-PASSPHRASE": self.creds.passphrase or "",
+                   "Content-Type": "application/json"}
+        return HttpRequest("GET", base_url + self.path, headers)
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        if isinstance(body, dict) and str(body.get("code", "0")) != "0":
+            return str(body["code"]), str(body.get("msg", ""))
+        return None
+
+    def payload_of(self, body: Any) -> Any:
+        data = body.get("data") if isinstance(body, dict) else None
+        return data[0] if isinstance(data, list) and data else None
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        perms = [p.strip() for p in _require(payload, "perm", str, self.name).split(",")]
+        findings = [Finding(FAIL, "withdrawals enabled")] if "withdraw" in perms else []
+        ips = _require(payload, "ip", str, self.name).split(",")
+        return findings + allowlist_findings(ips, ctx.static_ipv4)
+
+
+class Kraken(Exchange):
+    """POST /0/private/GetApiKeyInfo ("Get API Key Info").
+
+    Docs: docs.kraken.com/api-reference/account-data/get-api-key-info and the
+    spot REST authentication guide: API-Sign = base64(HMAC-SHA512(
+    base64decode(secret), uri_path + SHA256(nonce + postdata))).  The
+    documented result holds "permissions" (e.g. "withdraw-funds"),
+    "ipAllowlist" (entries may be CIDRs) and "validUntil" (unix seconds, "0"
+    for none).  Errors are an "error" list such as "EAPI:Invalid key".
+
+    The nonce is in milliseconds like most clients, so that the bot sharing
+    this key does not afterwards send nonces smaller than ours; it is kept
+    strictly increasing across retries within this run.
+    """
+
+    name = "kraken"
+    default_base_url = "https://api.kraken.com"
+    path = "/0/private/GetApiKeyInfo"
+    auth_codes = frozenset({"EAPI:Invalid key", "EAPI:Invalid signature",
+                            "EGeneral:Permission denied", "EAPI:Invalid OTP",
+                            "EAPI:Bad request"})
+    skew_codes = frozenset({"EAPI:Invalid nonce"})
+
+    def __init__(self, creds: Credentials) -> None:
+        super().__init__(creds)
+        try:
+            self._secret = base64.b64decode(creds.secret.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("the kraken secret is not valid base64") from None
+        self._last_nonce = 0
+
+    def _nonce(self, now: float) -> int:
+        self._last_nonce = max(_millis(now), self._last_nonce + 1)
+        return self._last_nonce
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        nonce = str(self._nonce(now))
+        postdata = urllib.parse.urlencode({"nonce": nonce})
+        inner = hashlib.sha256((nonce + postdata).encode()).digest()
+        signature = b64(hmac_digest(self._secret, self.path.encode() + inner, "sha512"))
+        headers = {"API-Key": self.creds.key, "API-Sign": signature,
+                   "Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+        return HttpRequest("POST", base_url + self.path, headers, postdata.encode())
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        errors = body.get("error") if isinstance(body, dict) else None
+        if errors:
+            return str(errors[0]), ""
+        return None
+
+    def payload_of(self, body: Any) -> Any:
+        return body.get("result") if isinstance(body, dict) else None
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        permissions = [str(p).lower() for p in
+                       _require(payload, "permissions", list, self.name)]
+        findings = []
+        if any("withdraw" in p for p in permissions):
+            findings.append(Finding(FAIL, "withdrawals enabled"))
+        allow = _require(payload, "ipAllowlist", list, self.name)
+        findings += allowlist_findings(allow, ctx.static_ipv4)
+        try:
+            expires = _parse_timestamp(payload.get("validUntil"))
+        except ValueError:
+            return findings + [Finding(WARN, "could not read the key's validUntil")]
+        return findings + expiry_findings(expires, ctx.now, ctx.expiry_warn_days)
+
+
+class Coinbase(Exchange):
+    """GET /api/v3/brokerage/key_permissions (Advanced Trade "Get API Key Permissions").
+
+    Docs: docs.cdp.coinbase.com/api-reference/advanced-trade-api/rest-api/
+    data-api/get-api-key-permissions; authenticated with a CDP ES256 JWT in
+    "Authorization: Bearer" (see build_cdp_jwt).  The response has can_view,
+    can_trade, can_transfer, portfolio_uuid, portfolio_type; it says nothing
+    about IP allowlists.  A bad JWT gets HTTP 401 "Unauthorized".
+    """
+
+    name = "coinbase"
+    default_base_url = "https://api.coinbase.com"
+    path = "/api/v3/brokerage/key_permissions"
+
+    def __init__(self, creds: Credentials) -> None:
+        super().__init__(creds)
+        try:
+            self._private_key = parse_ec_private_key_pem(creds.secret)
+        except ValueError as exc:
+            raise ConfigError(f"the coinbase secret is unusable: {exc}") from None
+
+    def build_request(self, base_url: str, now: float) -> HttpRequest:
+        host = urllib.parse.urlsplit(base_url).netloc
+        token = build_cdp_jwt(self.creds.key, self._private_key, f"GET {host}{self.path}",
+                              int(now))
+        return HttpRequest("GET", base_url + self.path, {"Authorization": f"Bearer {token}"})
+
+    def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
+        if status != 200 and isinstance(body, dict):
+            message = body.get("message") or body.get("error_details") or body.get("error")
+            return f"HTTP {status}", str(message or "")
+        return None
+
+    def evaluate(self, payload: Mapping[str, Any], ctx: Context) -> list[Finding]:
+        findings = []
+        if _require(payload, "can_transfer", bool, self.name):
+            findings.append(Finding(FAIL, "transfers enabled (can_transfer)"))
+        findings.append(Finding(WARN, "IP restriction cannot be checked via the Coinbase API; "
+                                      "check the key's IP allowlist in the CDP portal"))
+        return findings
+
+
+EXCHANGES: Mapping[str, type[Exchange]] = types.MappingProxyType({
+    cls.name: cls for cls in (Binance, Bybit, Okx, Kraken, Coinbase)})
+
+
+# --------------------------------------------------------------------------
+# Audit
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    status: str
+    reasons: tuple[str, ...]
+
+
+def summarize(findings: Sequence[Finding]) -> AuditResult:
+    fails = [f.message for f in findings if f.level == FAIL]
+    warns = [f.message for f in findings if f.level == WARN]
+    if fails:
+        return AuditResult(FAIL, tuple(fails + warns))
+    return AuditResult(WARN if warns else PASS, tuple(warns))
+
+
+def audit(config: Config, creds: Credentials, *, send: Sender = urllib_send,
+          sleep: Callable[[float], None] = time.sleep,
+          clock: Callable[[], float] = time.time) -> AuditResult:
+    """Ask the exchange about the key; raises CheckError if it cannot tell."""
+    exchange = EXCHANGES[config.exchange](creds)
+    base_url = config.base_url or exchange.default_base_url
+    response = send_with_retries(lambda: exchange.build_request(base_url, clock()),
+                                 send=send, timeout=config.timeout, retries=config.retries,
+                                 sleep=sleep, label=config.exchange)
+    payload = exchange.check_response(response, clock())
+    now = dt.datetime.fromtimestamp(clock(), dt.UTC)
+    ctx = Context(config.static_ipv4, config.expiry_warn_days, now)
+    return summarize(exchange.evaluate(payload, ctx))
+
+
+# --------------------------------------------------------------------------
+# Output and CLI
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    bot: str | None
+    exchange: str | None
+    key: str | None  # already masked
+    status: str
+    reasons: tuple[str, ...]
+    checked_at: str
+
+    def as_text(self) -> str:
+        line = (f"keyaudit {self.bot or '?'} {self.exchange or '?'} "
+                f"key {self.key or '?'}: {self.status.upper()}")
+        return line + (" " + "; ".join(self.reasons) if self.reasons else "")
+
+    def as_json(self) -> str:
+        return json.dumps({"bot": self.bot, "exchange": self.exchange, "key": self.key,
+                           "status": self.status, "reasons": list(self.reasons),
+                           "checked_at": self.checked_at}, sort_keys=False)
+
+
+def _iso_utc(timestamp: float) -> str:
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keyaudit", description="Check with the exchange that a bot's API key "
+        "cannot withdraw and only works from this server's static IP.")
+    parser.add_argument("--config", required=True, help="CONFIG.json (not secret)")
+    parser.add_argument("--env-file", required=True,
+                        help="systemd EnvironmentFile with the secrets, or - for the "
+                             "environment of this process")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.add_argument("--allow-unchecked", action="store_true",
+                        help="exit 0 (with a warning) when the exchange cannot be asked")
+    return parser
+
+
+@dataclass
+class _Run:
+    """What is known so far, for reporting whatever happens."""
+
+    config: Config | None = None
+    creds: Credentials | None = None
+
+
+def _run(args: argparse.Namespace, run: _Run, environ: Mapping[str, str], send: Sender,
+         sleep: Callable[[float], None], clock: Callable[[], float]) -> AuditResult:
+    run.config = read_config(args.config)
+    if args.env_file == "-":
+        env, source = environ, "the environment"
+    else:
+        env, source = read_env_file(args.env_file), args.env_file
+    run.creds = load_credentials(run.config, env, source)
+    return audit(run.config, run.creds, send=send, sleep=sleep, clock=clock)
+
+
+def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
+         send: Sender = urllib_send, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.time, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    run = _Run()
+    exit_code, warning = EXIT_UNCHECKED, None
+    try:
+        result = _run(args, run, os.environ if environ is None else environ, send, sleep,
+                      clock)
+        exit_code = EXIT_FAIL if result.status == FAIL else EXIT_OK
+    except ConfigError as exc:
+        result = AuditResult(ERROR, (str(exc),))
+        warning = f"keyaudit: {exc}"
+    except CheckError as exc:
+        reasons: tuple[str, ...] = (str(exc),)
+        if args.allow_unchecked:
+            exit_code = EXIT_OK
+            reasons += ("not verified; continuing because of --allow-unchecked",)
+            warning = "keyaudit: WARNING: could not check the key; continuing because " \
+                      "--allow-unchecked is set"
+        result = AuditResult(ERROR, reasons)
+    except KeyboardInterrupt:
+        result = AuditResult(ERROR, ("interrupted",))
+    except Exception as exc:  # noqa: BLE001 - never show a traceback, it may hold secrets
+        result = AuditResult(ERROR, (f"internal error ({type(exc).__name__})",))
+    report = Report(
+        bot=run.config.bot if run.config else None,
+        exchange=run.config.exchange if run.config else None,
+        key=mask_key(run.creds.key) if run.creds else None,
+        status=result.status, reasons=result.reasons, checked_at=_iso_utc(clock()))
+    redactor = Redactor(run.creds)
+    print(redactor.clean(report.as_json() if args.json else report.as_text()), file=out)
+    if warning:
+        print(redactor.clean(warning), file=err)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
