@@ -1,0 +1,1 @@
+"""A throwaway local VPS: Debian images built from Debian's packages, booted with QEMU."""

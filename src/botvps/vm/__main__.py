@@ -1,0 +1,5 @@
+import sys
+
+from botvps.vm.cli import main
+
+sys.exit(main())
