@@ -86,6 +86,20 @@ def command_for(rule: dict, mark: str) -> list[str]:
             "port", str(rule["port"]), "comment", mark]
 
 
+_POLICY_KEYS = {"incoming": "DEFAULT_INPUT_POLICY", "outgoing": "DEFAULT_OUTPUT_POLICY", "routed": "DEFAULT_FORWARD_POLICY"}
+_POLICY_NAMES = {"DROP": "deny", "ACCEPT": "allow", "REJECT": "reject"}
+
+
+def current_policies(path: str = "/etc/default/ufw") -> dict[str, str]:
+    """Default policies as configured (`ufw status` says "disabled (routed)" when forwarding is off)."""
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            name, _, value = line.strip().partition("=")
+            values[name] = value.strip('"')
+    return {direction: _POLICY_NAMES.get(values.get(key, ""), "") for direction, key in _POLICY_KEYS.items()}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -120,13 +134,13 @@ def main() -> None:
     to_delete = [r for r in existing if r["comment"] == mark and key(r) not in want]
     if module.params["remove_undeclared"]:
         to_delete += undeclared
-    status = run("ufw", "status", "verbose")
+    status = run("ufw", "status")
     defaults = {
         "incoming": module.params["default_incoming"],
         "outgoing": module.params["default_outgoing"],
         "routed": module.params["default_routed"],
     }
-    wrong_defaults = {d: p for d, p in defaults.items() if f"{p} ({d})" not in status}
+    wrong_defaults = {d: p for d, p in defaults.items() if current_policies().get(d) != p}
     enable = "Status: active" not in status
     changed = bool(to_add or to_delete or wrong_defaults or enable)
     if changed and not module.check_mode:

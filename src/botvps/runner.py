@@ -1,0 +1,76 @@
+"""Run Ansible's and the toolkit's command-line tools with the project's configuration."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from botvps.paths import PROJECT_ROOT
+
+_RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)"
+)
+
+
+def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment Ansible runs in: the project's ansible.cfg and this venv's tools first on PATH."""
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(PROJECT_ROOT / "ansible.cfg")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class PlaybookResult:
+    returncode: int
+    seconds: float
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    output: str = ""
+
+    @property
+    def changed(self) -> int:
+        return sum(row["changed"] for row in self.recap.values())
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    recap: dict[str, dict[str, int]] = {}
+    for line in output.splitlines():
+        match = _RECAP.match(line.strip())
+        if match:
+            row = match.groupdict()
+            recap[row.pop("host")] = {k: int(v) for k, v in row.items()}
+    return recap
+
+
+def playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | None = None,
+             env: dict[str, str] | None = None, echo: bool = True) -> PlaybookResult:
+    """Run ansible-playbook, streaming its output, and return the recap."""
+    command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
+    started = time.monotonic()
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if echo:
+            sys.stdout.write(line)
+    process.wait()
+    output = "".join(lines)
+    return PlaybookResult(process.returncode, time.monotonic() - started, parse_recap(output), output)
+
+
+def summary(result: PlaybookResult, title: str) -> str:
+    rows = [f"{title}: {'OK' if result.returncode == 0 else 'FAILED'} in {result.seconds:.0f} s"]
+    rows.append(f"  {'host':30} {'ok':>4} {'changed':>8} {'unreachable':>12} {'failed':>7}")
+    for host, row in sorted(result.recap.items()):
+        rows.append(f"  {host:30} {row['ok']:>4} {row['changed']:>8} {row['unreachable']:>12} {row['failed']:>7}")
+    return "\n".join(rows)

@@ -1,0 +1,23 @@
+"""Run the verification suite (tests/host, testinfra) against provisioned hosts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from botvps import runner
+from botvps.paths import PROJECT_ROOT
+
+SUITE = PROJECT_ROOT / "tests" / "host"
+
+
+def command(inventory: Path, limit: str = "all", extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "pytest", str(SUITE), "-p", "no:cacheprovider", "-q", "-rfEs",
+            f"--hosts=ansible://{limit}", f"--ansible-inventory={inventory}", "--connection=ansible",
+            *(extra or [])]
+
+
+def run(inventory: Path, vm_name: str | None = None, limit: str = "all", extra: list[str] | None = None) -> int:
+    env = {"BOTVPS_VM_NAME": vm_name} if vm_name else {}
+    return subprocess.run(command(inventory, limit, extra), cwd=PROJECT_ROOT, env=runner.environment(env)).returncode

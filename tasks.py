@@ -1,0 +1,78 @@
+"""botvps tasks: a thin layer over the botvps package (see `invoke --list`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, Exit, task
+
+from botvps import demo as demo_module
+from botvps import provision as provision_module
+from botvps import testing
+from botvps.vm import cli as vm_cli
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(help={"inventory": "inventory directory (default inventory/)", "limit": "only these hosts",
+            "vault_password_file": "file with the vault password"})
+def provision(c, inventory="inventory", limit=None, vault_password_file=None):
+    """Harden the servers in the inventory and host their bots (safe to re-run)."""
+    result = provision_module.provision(Path(inventory), limit=limit, vault_password_file=vault_password_file)
+    _exit(result.returncode)
+
+
+@task(help={"suite": "bookworm (Debian 12) or trixie (Debian 13)", "name": "VM name"})
+def demo(c, suite="bookworm", name="demo"):
+    """Boot a throwaway local VPS, provision and verify it, and show how to connect."""
+    _exit(demo_module.run(name=name, suite=suite))
+
+
+@task(help={"unit": "only the unit tier and lint", "vm": "only the VM tier",
+            "scenario": "one molecule scenario (debian12|debian13)"})
+def test(c, unit=False, vm=False, scenario=None):
+    """Run the unit tier, lint, and the VM tier (molecule on Debian 12 and 13)."""
+    scenarios = (scenario,) if scenario else testing.SCENARIOS
+    _exit(testing.run(unit_only=unit, vm_only=vm, scenarios=scenarios))
+
+
+@task(help={"name": "VM name", "suite": "bookworm|trixie", "user": "handover account: root|debian",
+            "forward": "extra guest TCP port to forward (repeatable)"}, iterable=["forward"])
+def vm_up(c, name, suite="bookworm", user="root", forward=None):
+    """Boot a throwaway VM (builds the Debian image on first use)."""
+    _exit(vm_cli.main(["up", name, "--suite", suite, "--user", user, *[f"--forward={p}" for p in forward or []]]))
+
+
+@task(help={"all": "every VM", "name": "VM name"})
+def vm_down(c, name=None, all=False):  # noqa: A002 - invoke flag name
+    """Stop VMs and delete their disks."""
+    _exit(vm_cli.main(["down", "--all"] if all else ["down", name or sys.exit("vm.down NAME or --all")]))
+
+
+@task
+def vm_list(c):
+    """List the throwaway VMs."""
+    _exit(vm_cli.main(["list"]))
+
+
+@task(help={"name": "VM name", "user": "log in as this user (default: the handover account)"})
+def vm_ssh(c, name, user=None):
+    """SSH into a VM."""
+    vm_cli.main(["ssh", name] + (["--user", user] if user else []))
+
+
+@task(help={"name": "VM name", "command": "shell command to run as root"})
+def vm_console(c, name, command):
+    """Run a command as root through the VM's guest agent (works without SSH)."""
+    _exit(vm_cli.main(["console", name, command]))
+
+
+vm = Collection("vm")
+for name, fn in {"up": vm_up, "down": vm_down, "list": vm_list, "ssh": vm_ssh, "console": vm_console}.items():
+    vm.add_task(fn, name=name)
+
+ns = Collection(provision, demo, test, vm)

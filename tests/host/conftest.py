@@ -1,0 +1,64 @@
+"""Fixtures for checks against a provisioned VM (run by molecule verify, and by invoke demo).
+
+testinfra's ``host`` reaches the VM over SSH as Ansible does; ``console`` reaches it through
+the QEMU guest agent (out of band), as a provider's web console would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from botvps.vm import machine
+
+
+@pytest.fixture(scope="session")
+def vm() -> machine.VM:
+    name = os.environ.get("BOTVPS_VM_NAME")
+    if not name:
+        pytest.skip("BOTVPS_VM_NAME is not set: these checks need a provisioned botvps VM")
+    return machine.load(name)
+
+
+@pytest.fixture(scope="session")
+def console(vm: machine.VM):
+    agent = vm.console()
+
+    def run(command: str, timeout: float = 180.0, check: bool = True):
+        result = agent.run(command, timeout=timeout)
+        if check and result.exit_code != 0:
+            raise AssertionError(f"console: {command!r} exited {result.exit_code}: {result.stderr or result.stdout}")
+        return result
+
+    return run
+
+
+@pytest.fixture
+def fresh_rate_limit(console):
+    """Forget ufw's per-source SSH connection counts (ufw limit: 6 new connections in 30 s),
+    so a test's deliberate connections are judged on their own."""
+    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+    yield
+    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+
+
+def banner(port: int, timeout: float = 10.0) -> bytes:
+    """What a TCP client on the controller receives first from 127.0.0.1:port (b'' if nothing)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256)
+    except OSError:
+        return b""
+
+
+def wait_until(predicate, timeout: float, interval: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
