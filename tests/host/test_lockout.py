@@ -1,0 +1,83 @@
+"""Lockout drills: each bad change ends with the host reachable as before, checked out of band."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import banner
+
+from botvps import provision
+from botvps.vm import inventory
+
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgdkdGmoJlkZcd8O not-my-key"
+
+
+@pytest.fixture
+def drill(vm, tmp_path, console, fresh_rate_limit):
+    """Run the site playbook against this VM with some settings changed; return (result, state before)."""
+
+    def run(**overrides):
+        console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+        inv = inventory.write(vm, tmp_path / "inventory", overrides)
+        return provision.provision(inv, echo=False)
+
+    return run
+
+
+def _state(console) -> str:
+    return console("cat /home/ops/.ssh/authorized_keys; ufw show added; /usr/sbin/sshd -T | sort").stdout
+
+
+def _admin_can_log_in(vm) -> bool:
+    result = subprocess.run(vm.ssh_command("ops") + ["sudo", "-n", "true"], capture_output=True, timeout=60)
+    return result.returncode == 0
+
+
+def test_wrong_admin_key_is_refused_before_any_change(drill, vm, console):
+    before = _state(console)
+    result = drill(admin_keys=[OTHER_KEY])
+    assert result.returncode != 0
+    assert "is not among the admin's keys" in result.output
+    assert all(row["changed"] == 0 for row in result.recap.values()), result.recap
+    assert _state(console) == before
+    assert _admin_can_log_in(vm)
+
+
+def test_admin_cidrs_without_the_controller_are_refused(drill, vm, console):
+    before = _state(console)
+    result = drill(firewall_admin_cidrs=["198.51.100.0/24"])
+    assert result.returncode != 0
+    assert "would lock you out" in result.output
+    assert _state(console) == before
+    assert _admin_can_log_in(vm)
+
+
+def test_sshd_change_that_breaks_login_is_rolled_back(drill, vm, console):
+    result = drill(ssh_extra_settings={"DenyUsers": "ops"})
+    assert result.returncode != 0
+    assert "a fresh login failed" in result.output
+    assert "denyusers ops" not in console("/usr/sbin/sshd -T").stdout.lower()
+    assert _admin_can_log_in(vm)
+    # A normal run puts everything back in order (the rescue rule is relabelled).
+    assert drill().returncode == 0
+    assert "botvps-rescue" not in console("ufw show added").stdout
+
+
+def test_port_change_moves_sshd_and_closes_the_old_port(drill, vm, console):
+    if "2222" not in vm.forwards:
+        pytest.skip("this VM has no forward for guest port 2222")
+    new = vm.forwards["2222"]
+    try:
+        result = drill(ssh_port=2222, ssh_public_port=new)
+        assert result.returncode == 0, result.output[-3000:]
+        assert "port 2222" in console("/usr/sbin/sshd -T").stdout
+        assert banner(new).startswith(b"SSH-")
+        assert banner(vm.ssh_port, timeout=5) == b"", "the old port still answers"
+        assert " 22 " not in console("ufw show added").stdout.replace("/tcp", " ")
+    finally:
+        # Back to port 22, connecting on the new port first (as an operator who moved it would).
+        back = drill(ansible_port=new, ssh_port=22, ssh_public_port=vm.ssh_port)
+    assert back.returncode == 0, back.output[-3000:]
+    assert banner(vm.ssh_port).startswith(b"SSH-")
+    assert _admin_can_log_in(vm)
