@@ -46,7 +46,8 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
         match = _RECAP.match(line.strip())
         if match:
             row = match.groupdict()
-            recap[row.pop("host")] = {k: int(v) for k, v in row.items()}
+            host = row.pop("host")
+            recap[host] = {k: int(v) for k, v in row.items()}
     return recap
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 
 # command -> Debian package that provides it
 COMMANDS = {
@@ -32,7 +33,7 @@ def ensure() -> None:
             + "\ninstall them with: sudo apt-get install --no-install-recommends " + " ".join(needed)
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *needed], check=True, env=env
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *needed], check=True, env=env, stdout=sys.stderr
     )

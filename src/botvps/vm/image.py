@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -213,14 +214,17 @@ def build(suite: str, log=print) -> Image:
                 MIRROR,
             ],
             check=True,
+            stdout=sys.stderr,
         )
         _customize(root, suite)
         out = work / "image"
         out.mkdir()
         _boot_files(root, out)
         raw = work / "rootfs.raw"
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), DISK_SIZE], check=True)
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "rootfs.qcow2")], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), DISK_SIZE], check=True,
+                       stdout=sys.stderr)
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "rootfs.qcow2")], check=True,
+                       stdout=sys.stderr)
         (out / "image.json").write_text(json.dumps({"suite": suite, "packages": PACKAGES, "key": cache_key(suite)}))
         if final.exists():
             shutil.rmtree(final)
