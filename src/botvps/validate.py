@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib.util
+import io
 import ipaddress
 import os
 import re
@@ -162,7 +165,7 @@ def _encrypted_files(inventory_dir: Path) -> list[Path]:
 
 
 def _hosts_for_file(rel: Path, inventory: Any) -> str:
-    """Which hosts a vars file applies to (group_vars/G/... or host_vars/H/...)."""
+    """Which hosts a vars file applies to (group_vars/G/... or host_vars/H/...); inventory is an InventoryManager."""
     parts = rel.parts
     if len(parts) >= 2 and parts[0] in ("group_vars", "host_vars"):
         name = parts[1]
@@ -230,7 +233,6 @@ class _Plain:
         from ansible.parsing.vault import VaultLib
 
         self.vault = VaultLib(secrets)
-        self.has_secrets = bool(secrets)
         self.encrypted_files = encrypted_files
         self.problems: list[tuple[str, str]] = []  # (field, where)
 
@@ -277,7 +279,8 @@ def _unparsed_inventory_files(inventory_dir: Path, manager: Any, loader: Any) ->
             loader.load_from_file(str(path))
             reason = "it is not an Ansible inventory"
         except Exception as err:  # noqa: BLE001
-            reason = _first_line(err)
+            line = getattr(getattr(err, "obj", None), "line_num", None)
+            reason = (f"line {line}: " if line else "") + _first_line(err)
         problems.append(Problem("all", path.name, f"cannot be parsed as an inventory: {reason}",
                                 "fix the YAML (ansible-inventory -i DIR --list shows the details)"))
     return problems
@@ -311,17 +314,18 @@ def load_inventory(inventory_dir: str | os.PathLike, vault_password_file: str | 
     secrets = _vault_secrets(loader, vault_password_file)
     loader.set_vault_secrets(secrets)
     try:
-        manager = InventoryManager(loader=loader, sources=[str(inventory_dir)])
+        with contextlib.redirect_stderr(io.StringIO()):  # Ansible's warnings: our own messages say it better
+            manager = InventoryManager(loader=loader, sources=[str(inventory_dir)])
     except AnsibleError:
         manager = None
-    vault_problems = _check_vault_files(inventory_dir, secrets, manager._inventory if manager else None)
+    vault_problems = _check_vault_files(inventory_dir, secrets, manager)
     if vault_problems:
         raise InventoryError(vault_problems, EXIT_UNREACHABLE)
     if manager is None:
         raise InventoryError([Problem("all", "inventory", f"{inventory_dir} cannot be parsed",
                                       "run ansible-inventory -i DIR --list to see why")])
     problems = _unparsed_inventory_files(inventory_dir, manager, loader)
-    problems += _check_vars_files(inventory_dir, loader, manager._inventory)  # noqa: SLF001
+    problems += _check_vars_files(inventory_dir, loader, manager)
     hosts_found = manager.get_hosts()
     if not hosts_found and not problems:
         problems.append(Problem("all", "inventory", f"no hosts in {inventory_dir}",
@@ -333,9 +337,11 @@ def load_inventory(inventory_dir: str | os.PathLike, vault_password_file: str | 
     variables = VariableManager(loader=loader, inventory=manager)
     plain = _Plain(secrets, encrypted)
     hosts: dict[str, dict] = {}
+    undecryptable = False
     for host in hosts_found:
         try:
-            raw = variables.get_vars(host=host, include_hostvars=False)
+            with contextlib.redirect_stderr(io.StringIO()):
+                raw = variables.get_vars(host=host, include_hostvars=False)
         except AnsibleError as err:
             origin = getattr(err, "obj", None)
             where = f" in {origin}" if origin else ""
@@ -345,13 +351,13 @@ def load_inventory(inventory_dir: str | os.PathLike, vault_password_file: str | 
         raw = {k: v for k, v in raw.items() if k not in ("groups", "omit", "hostvars")}
         hosts[host.name] = {k: plain.convert(v, k) for k, v in raw.items()}
         for field, where in plain.problems:
+            undecryptable = True
             problems.append(Problem(host.name, field, f"the inline vault value in {where} cannot be decrypted "
                                     + ("with the given password" if secrets else "(no vault password was given)"),
                                     HOW_TO_PASS_VAULT))
         plain.problems.clear()
     if problems:
-        vault = any("vault" in p.message for p in problems)
-        raise InventoryError(problems, EXIT_UNREACHABLE if vault else EXIT_INVALID)
+        raise InventoryError(problems, EXIT_UNREACHABLE if undecryptable else EXIT_INVALID)
     return hosts
 
 
@@ -373,9 +379,18 @@ class Schema:
         return self.options.get("bots", {}).get("options") or BOT_OPTIONS
 
 
+class _RoleLoader(yaml.SafeLoader):
+    """SafeLoader that reads Ansible's own tags (!unsafe, !vault) as plain values."""
+
+
+_RoleLoader.add_multi_constructor("!", lambda loader, suffix, node: (
+    loader.construct_scalar(node) if isinstance(node, yaml.ScalarNode) else
+    loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode) else loader.construct_mapping(node)))
+
+
 def _load_yaml(path: Path, errors: list[Problem]) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_RoleLoader) or {}  # noqa: S506 - a SafeLoader
     except (OSError, yaml.YAMLError) as err:
         where = getattr(err, "problem_mark", None)
         at = f" (line {where.line + 1})" if where else ""
@@ -437,6 +452,7 @@ def is_templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
+@functools.lru_cache(maxsize=1)
 def _net_module() -> Any:
     spec = importlib.util.spec_from_file_location("_botvps_infra_filter_net", NET_FILTER)
     module = importlib.util.module_from_spec(spec)
@@ -645,7 +661,7 @@ def check_unknown_keys(host: str, hostvars: Mapping, ctx: Context) -> list[Probl
 
 
 def check_types(host: str, hostvars: Mapping, ctx: Context) -> list[Problem]:
-    """Every documented option the inventory sets, against its spec (bots are checked by check_bots)."""
+    """Every documented option the inventory sets, against its spec (bots: check_bots_schema)."""
     problems = []
     merged = {**ctx.schema.defaults, **hostvars}
     for name, spec in ctx.schema.options.items():
