@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from botvps import runner
+from botvps import runner, validate
 from botvps.paths import PROJECT_ROOT
 
 SITE = PROJECT_ROOT / "playbooks" / "site.yml"
@@ -21,6 +21,11 @@ def ansible_args(limit: str | None = None, vault_password_file: str | None = Non
 
 def provision(inventory: Path, limit: str | None = None, vault_password_file: str | None = None,
               extra: list[str] | None = None, echo: bool = True) -> runner.PlaybookResult:
+    """Check the inventory (nothing is contacted when it is wrong), then run the site playbook."""
+    code, report = validate.check(inventory, vault_password_file)
+    if code != validate.EXIT_OK:
+        print(report)
+        return runner.PlaybookResult(code, 0.0, {}, report)
     result = runner.playbook(SITE, inventory, ansible_args(limit, vault_password_file, extra), echo=echo)
     print(runner.summary(result, "provision"))
     return result

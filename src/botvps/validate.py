@@ -1190,6 +1190,24 @@ def check_reachable(hosts: Mapping[str, Mapping], timeout: float = 5) -> list[Pr
 # CLI
 # --------------------------------------------------------------------------
 
+def check(inventory: str | os.PathLike, vault_password_file: str | None = None, reach: bool = True,
+          timeout: float = 5, roles_dir: str | os.PathLike = ROLES_DIR) -> tuple[int, str]:
+    """Validate (and, with ``reach``, contact) an inventory: (exit code, report)."""
+    try:
+        hosts = load_inventory(inventory, vault_password_file)
+    except InventoryError as err:
+        return err.exit_code, format_problems(err.problems)
+    problems = validate(hosts, roles_dir)
+    if problems:
+        return EXIT_INVALID, (format_problems(problems)
+                              + f"\n{len(problems)} problem(s); nothing was changed on any host")
+    if reach:
+        unreachable = check_reachable(hosts, timeout)
+        if unreachable:
+            return EXIT_UNREACHABLE, format_problems(unreachable)
+    return EXIT_OK, f"ok: {len(hosts)} host(s) valid" + (" and reachable" if reach else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m botvps.validate",
                                      description="Check an inventory before anything connects to a host.")
@@ -1200,23 +1218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roles-dir", default=str(ROLES_DIR), help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, default=5, help="seconds to wait for each host (default 5)")
     args = parser.parse_args(argv)
-    try:
-        hosts = load_inventory(args.inventory, args.vault_password_file)
-    except InventoryError as err:
-        print(format_problems(err.problems), file=sys.stderr)
-        return err.exit_code
-    problems = validate(hosts, args.roles_dir)
-    if problems:
-        print(format_problems(problems), file=sys.stderr)
-        print(f"{len(problems)} problem(s); nothing was changed on any host", file=sys.stderr)
-        return EXIT_INVALID
-    if not args.no_reach:
-        unreachable = check_reachable(hosts, args.timeout)
-        if unreachable:
-            print(format_problems(unreachable), file=sys.stderr)
-            return EXIT_UNREACHABLE
-    print(f"ok: {len(hosts)} host(s) valid" + ("" if args.no_reach else " and reachable"))
-    return EXIT_OK
+    code, report = check(args.inventory, args.vault_password_file, not args.no_reach, args.timeout, args.roles_dir)
+    print(report, file=sys.stderr if code else sys.stdout)
+    return code
 
 
 if __name__ == "__main__":
