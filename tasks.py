@@ -7,8 +7,10 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
+from botvps import audit
 from botvps import demo as demo_module
 from botvps import provision as provision_module
+from botvps import secrets as secrets_module
 from botvps import testing
 from botvps.vm import cli as vm_cli
 
@@ -24,6 +26,28 @@ def provision(c, inventory="inventory", limit=None, vault_password_file=None):
     """Harden the servers in the inventory and host their bots (safe to re-run)."""
     result = provision_module.provision(Path(inventory), limit=limit, vault_password_file=vault_password_file)
     _exit(result.returncode)
+
+
+@task(help={"inventory": "inventory directory", "host": "only this host", "bot": "only this bot",
+            "vault_password_file": "file with the vault password", "json": "machine-readable output"})
+def audit_keys(c, inventory="inventory", host=None, bot=None, vault_password_file=None, json=False):  # noqa: A002
+    """Ask each exchange, from the bot's own server, whether its key can withdraw or is not IP-restricted."""
+    _exit(audit.run(Path(inventory), host=host, bot=bot, vault_password_file=vault_password_file, as_json=json))
+
+
+@task(help={"bot": "bot name", "name": "environment variable (e.g. BINANCE_KEY)", "inventory": "inventory directory",
+            "vault_password_file": "file with the vault password"})
+def secrets_set(c, bot, name, inventory="inventory", vault_password_file=None):
+    """Store a bot's secret in the vault (asked without echo; plaintext never touches the disk)."""
+    args = ["set", bot, name, "--vault", str(Path(inventory) / "group_vars" / "all" / "vault.yml")]
+    _exit(secrets_module.main(args + (["--vault-password-file", vault_password_file] if vault_password_file else [])))
+
+
+@task(help={"bot": "only this bot", "inventory": "inventory directory", "vault_password_file": "vault password file"})
+def secrets_list(c, bot=None, inventory="inventory", vault_password_file=None):
+    """List the secret names in the vault (never their values)."""
+    args = ["list", *([bot] if bot else []), "--vault", str(Path(inventory) / "group_vars" / "all" / "vault.yml")]
+    _exit(secrets_module.main(args + (["--vault-password-file", vault_password_file] if vault_password_file else [])))
 
 
 @task(help={"suite": "bookworm (Debian 12) or trixie (Debian 13)", "name": "VM name"})
@@ -75,4 +99,8 @@ vm = Collection("vm")
 for name, fn in {"up": vm_up, "down": vm_down, "list": vm_list, "ssh": vm_ssh, "console": vm_console}.items():
     vm.add_task(fn, name=name)
 
-ns = Collection(provision, demo, test, vm)
+secrets = Collection("secrets")
+secrets.add_task(secrets_set, name="set")
+secrets.add_task(secrets_list, name="list")
+
+ns = Collection(provision, demo, test, audit_keys, vm, secrets)
