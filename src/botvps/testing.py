@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,18 @@ from botvps.paths import PROJECT_ROOT
 from botvps.vm import machine
 
 SCENARIOS = ("debian12", "debian13")
+# VMs the test tiers start: molecule's platforms and the VM tests' fixtures.
+TEST_VM_PREFIXES = ("molecule-", "test-")
+
+
+def _stop_test_vms() -> None:
+    for prefix in TEST_VM_PREFIXES:
+        for name in machine.down_all(prefix):
+            print(f"stopped leftover VM {name}")
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _run(title: str, command: list[str]) -> tuple[str, int, float]:
@@ -34,12 +47,13 @@ def lint() -> list[tuple[str, int, float]]:
 
 def vm_tier(scenarios: tuple[str, ...] = SCENARIOS) -> list[tuple[str, int, float]]:
     results = []
+    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed run still stops its VMs
     try:
         for scenario in scenarios:
             results.append(_run(f"molecule {scenario}", ["molecule", "test", "-s", scenario]))
     finally:
-        for name in machine.down_all("molecule-"):
-            print(f"stopped leftover VM {name}")
+        _stop_test_vms()
+        signal.signal(signal.SIGTERM, previous)
     return results
 
 
