@@ -184,7 +184,9 @@ def _pin_host_key(vm: VM) -> None:
     if result.exit_code != 0:
         raise VMError(f"VM {vm.name}: cannot read its SSH host key: {result.stderr}")
     key = " ".join(result.stdout.split()[:2])
-    vm.known_hosts.write_text(f"[127.0.0.1]:{vm.ssh_port} {key}\n")
+    # Every forwarded port may carry sshd (a port-change drill moves it to one of them).
+    ports = [vm.ssh_port, *vm.forwards.values()]
+    vm.known_hosts.write_text(",".join(f"[127.0.0.1]:{port}" for port in ports) + f" {key}\n")
 
 
 def _qemu_command(vm: VM, img: image.Image) -> list[str]:
