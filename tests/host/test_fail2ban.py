@@ -17,14 +17,40 @@ def test_sshd_jail_runs_on_the_journal(host):
     assert "bantime.increment = true" in jail_file
 
 
+ATTACKER = "192.0.2.2"  # inside the VM only: a network namespace standing in for a remote host
+TARGET = "192.0.2.1"
+NETNS_UP = f"""
+ip netns add botvps-attacker
+ip link add botvps-veth type veth peer name botvps-veth-a
+ip link set botvps-veth-a netns botvps-attacker
+ip addr add {TARGET}/24 dev botvps-veth && ip link set botvps-veth up
+ip netns exec botvps-attacker ip addr add {ATTACKER}/24 dev botvps-veth-a
+ip netns exec botvps-attacker ip link set botvps-veth-a up
+ip netns exec botvps-attacker ip link set lo up
+"""
+NETNS_DOWN = "ip netns del botvps-attacker; ip link del botvps-veth"
+
+
 def test_repeated_failures_get_banned_then_unbanned(console, fresh_rate_limit):
-    """Failed logins from the VM's own non-loopback address (not ignored) get it banned."""
-    address = console("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -1").stdout.strip()
-    console(f"fail2ban-client set sshd unbanip {address}", check=False)
-    for _ in range(6):
-        console(f"ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                f"-o ConnectTimeout=10 nobody@{address} true", check=False, timeout=60)
-    assert wait_until(lambda: address in console("fail2ban-client status sshd").stdout, timeout=60), \
-        console("fail2ban-client status sshd").stdout
-    console(f"fail2ban-client set sshd unbanip {address}")
-    assert address not in console("fail2ban-client status sshd").stdout.split("Banned IP list:")[1]
+    """Failed logins from an address that is neither ignored nor the server's own get it banned.
+
+    fail2ban ignores the server's own addresses (ignoreself), so the attacker is a network
+    namespace inside the VM with its own address, connecting over a veth pair.
+    """
+    console(NETNS_DOWN, check=False)
+    console(NETNS_UP)
+    try:
+        for _ in range(6):
+            console(f"ip netns exec botvps-attacker ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
+                    f"-o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 intruder@{TARGET} true",
+                    check=False, timeout=60)
+        assert wait_until(lambda: ATTACKER in console("fail2ban-client status sshd").stdout, timeout=60), \
+            console("fail2ban-client status sshd").stdout
+        # The ban is enforced: the attacker cannot even open a TCP connection now.
+        probe = console(f"ip netns exec botvps-attacker timeout 8 bash -c 'echo > /dev/tcp/{TARGET}/22'", check=False)
+        assert probe.exit_code != 0
+        console(f"fail2ban-client set sshd unbanip {ATTACKER}")
+        assert ATTACKER not in console("fail2ban-client status sshd").stdout.split("Banned IP list:")[1]
+    finally:
+        console(f"fail2ban-client set sshd unbanip {ATTACKER}", check=False)
+        console(NETNS_DOWN, check=False)
