@@ -199,7 +199,7 @@ def test_code_is_root_owned_and_state_is_private(agent, bots) -> None:
         assert ok(agent, f"stat -c '%U:%G %a' /opt/botvps/{name}/app").strip() == "root:root 755"
         assert ok(agent, f"stat -c '%U %a' /var/lib/botvps/{name}").strip() == f"{user} 700"
         assert run(agent, f"runuser -u {user} -- touch /opt/botvps/{name}/app/x").exit_code != 0
-        if bot.get("source", {}).get("path", "").endswith("simplebot"):
+        if is_simplebot(bot):
             # the example bot writes its heartbeat into $STATE_DIRECTORY
             state = json.loads(ok(agent, f"cat /var/lib/botvps/{name}/state.json"))
             assert state["heartbeats"] >= 1
@@ -228,8 +228,9 @@ def test_secrets_file_is_root_0600_and_nowhere_else(agent, bots, planted) -> Non
     # searched too: they must be the only hits (and prove the search finds what is there).
     found = run(agent, "grep -rlFf - /etc/botvps /etc/systemd /usr/lib/systemd/system /opt/botvps /var/log "
                        "/var/lib/botvps /usr/local/lib/botvps /tmp /var/tmp 2>/dev/null", stdin=values + "\n")
-    assert sorted(found.stdout.split()) == sorted(f"/etc/botvps/{b['name']}/secrets.env" for b in bots
-                                                  if any(len(v) >= 6 for v in planted[b["name"]].values()))
+    # (a value holding a backslash, quote, backtick or $ is escaped in the file: only plain ones match there)
+    plain = [b for b in bots if any(len(v) >= 6 and not set(v) & set('\\"`$') for v in planted[b["name"]].values())]
+    assert sorted(found.stdout.split()) == sorted(f"/etc/botvps/{b['name']}/secrets.env" for b in plain)
     processes = ok(agent, "ps -eo args")
     assert not [v for v in values.splitlines() if v in processes], "a secret value is in a process's argv"
 
@@ -266,8 +267,16 @@ def test_systemd_analyze_security_score(agent, bots) -> None:
         assert float(match.group(1)) <= MAX_EXPOSURE, f"{unit(bot)} scores {match.group(1)}:\n{out}"
 
 
+def is_simplebot(bot: dict[str, Any]) -> bool:
+    return str((bot.get("source") or {}).get("path", "")).rstrip("/").endswith("simplebot")
+
+
 def test_stop_is_clean_without_sigkill(agent, bots) -> None:
-    for bot in bots:
+    """The example bot logs its order cancelling and clean exit; systemd never needs SIGKILL."""
+    simplebots = [b for b in bots if is_simplebot(b)]
+    if not simplebots:
+        pytest.skip("no bot runs examples/simplebot")
+    for bot in simplebots:
         wait_active(agent, unit(bot))
         since = guest_now(agent)
         time.sleep(1)
