@@ -40,12 +40,14 @@ def test_repeated_failures_get_banned_then_unbanned(console, fresh_rate_limit):
     console(NETNS_DOWN, check=False)
     console(NETNS_UP)
     try:
-        for _ in range(6):
-            console(f"ip netns exec botvps-attacker ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
-                    f"-o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 intruder@{TARGET} true",
-                    check=False, timeout=60)
-        assert wait_until(lambda: ATTACKER in console("fail2ban-client status sshd").stdout, timeout=60), \
-            console("fail2ban-client status sshd").stdout
+        banned = lambda: ATTACKER in console("fail2ban-client status sshd").stdout  # noqa: E731
+        for _ in range(8):  # maxretry is 5; an emulated VM is slow, so each attempt gets time
+            console(f"timeout 120 ip netns exec botvps-attacker ssh -o BatchMode=yes -o StrictHostKeyChecking=no "
+                    f"-o UserKnownHostsFile=/dev/null -o ConnectTimeout=20 intruder@{TARGET} true",
+                    check=False, timeout=150)
+            if banned():
+                break
+        assert wait_until(banned, timeout=60), console("fail2ban-client status sshd").stdout
         # The ban is enforced: the attacker cannot even open a TCP connection now.
         probe = console(f"ip netns exec botvps-attacker timeout 8 bash -c 'echo > /dev/tcp/{TARGET}/22'", check=False)
         assert probe.exit_code != 0
