@@ -9,6 +9,7 @@ from invoke import Collection, Exit, task
 
 from botvps import audit
 from botvps import demo as demo_module
+from botvps import drift as drift_module
 from botvps import provision as provision_module
 from botvps import secrets as secrets_module
 from botvps import testing
@@ -95,6 +96,31 @@ def vm_console(c, name, command):
     _exit(vm_cli.main(["console", name, command]))
 
 
+@task(name="check", default=True,
+      help={"inventory": "inventory directory (default inventory/)", "limit": "only these hosts",
+            "json": "one JSON line for machines", "junit": "also write JUnit XML here",
+            "vault_password_file": "file with the vault password"})
+def drift_check(c, inventory="inventory", limit=None, json=False, junit=None, vault_password_file=None):
+    """Read-only: what differs from the provisioned state (exit 0 clean, 1 drift, 2 unreachable/error)."""
+    _exit(drift_module.run(Path(inventory), limit=limit, as_json=json, junit=junit, vault_password_file=vault_password_file))
+
+
+@task(name="schedule", help={"inventory": "inventory directory", "install": "write the units to ~/.config/systemd/user",
+                             "limit": "only these hosts", "vault_password_file": "file with the vault password"})
+def drift_schedule(c, inventory="inventory", install=False, limit=None, vault_password_file=None):
+    """Print (or --install) a daily systemd user timer running `invoke drift --json` into the history."""
+    _exit(drift_module.schedule(Path(inventory), vault_password_file=vault_password_file, limit=limit, install=install))
+
+
+@task(name="history", help={"host": "only this host"})
+def drift_history(c, host=None):
+    """Past drift runs per host: time, status, number of items."""
+    _exit(drift_module.history(host=host))
+
+
+drift = Collection("drift", drift_check, drift_schedule, drift_history)
+
+
 vm = Collection("vm")
 for name, fn in {"up": vm_up, "down": vm_down, "list": vm_list, "ssh": vm_ssh, "console": vm_console}.items():
     vm.add_task(fn, name=name)
@@ -103,4 +129,4 @@ secrets = Collection("secrets")
 secrets.add_task(secrets_set, name="set")
 secrets.add_task(secrets_list, name="list")
 
-ns = Collection(provision, demo, test, audit_keys, vm, secrets)
+ns = Collection(provision, demo, test, audit_keys, vm, secrets, drift)
