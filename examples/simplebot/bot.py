@@ -12,8 +12,9 @@ It shows what a bot under botvps can rely on:
   TimeoutStopSec to cancel its open orders and exit cleanly before SIGKILL.
 
 Settings (environment): SIMPLEBOT_KEY_VAR names the variable holding the API key
-(default BINANCE_KEY), SIMPLEBOT_INTERVAL the seconds between heartbeats
-(default 5), SIMPLEBOT_CANCEL_DELAY the seconds "cancelling" takes (default 2).
+(default: the first variable, by name, that ends in "_KEY", e.g. BINANCE_KEY),
+SIMPLEBOT_INTERVAL the seconds between heartbeats (default 5),
+SIMPLEBOT_CANCEL_DELAY the seconds "cancelling" takes (default 2).
 It never contacts an exchange.
 """
 
@@ -47,14 +48,15 @@ def write_state(directory: str, state: dict) -> None:
 
 def main() -> int:
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(name)s: %(message)s")
-    key_var = os.environ.get("SIMPLEBOT_KEY_VAR", "BINANCE_KEY")
+    key_var = os.environ.get("SIMPLEBOT_KEY_VAR") or next(
+        (name for name in sorted(os.environ) if name.endswith("_KEY")), "BINANCE_KEY")
     interval = float(os.environ.get("SIMPLEBOT_INTERVAL", "5"))
     cancel_delay = float(os.environ.get("SIMPLEBOT_CANCEL_DELAY", "2"))
     state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or tempfile.mkdtemp(prefix="simplebot-")
 
     key = os.environ.get(key_var, "")
     if not key:
-        log.error("%s is not set: no API key, not starting", key_var)
+        log.error("%s is not set: no API key, not starting (set SIMPLEBOT_KEY_VAR to its name)", key_var)
         return 1
     log.info("starting as uid %d, key %s, state in %s", os.getuid(), masked(key), state_dir)
 
