@@ -635,6 +635,21 @@ def _diff_paths(diff: Any) -> list[str]:
     return paths
 
 
+def _change_detail(result: dict[str, Any]) -> str:
+    """What a check-mode task would change, from its result (file names, rules, units; no contents)."""
+    parts = []
+    paths = result.get("changed_paths") or _diff_paths(result.get("diff"))
+    if paths:
+        parts.append("would change " + ", ".join(str(p) for p in paths))
+    for key, label in (("added", "would add"), ("deleted", "would delete"), ("enabled_now", "would enable"),
+                       ("started_now", "would start"), ("restarted_now", "would restart")):
+        if result.get(key):
+            parts.append(f"{label} {', '.join(str(v) for v in result[key])}")
+    if result.get("defaults_set"):
+        parts.append("would set ufw defaults " + ", ".join(f"{k} {v}" for k, v in result["defaults_set"].items()))
+    return _short("; ".join(parts) or "would change", 300)
+
+
 def parse_playbook(output: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per host, from the JSON callback's output: unreachable, changed tasks, failures, probe, declared."""
     hosts: dict[str, dict[str, Any]] = {}
@@ -672,21 +687,15 @@ def parse_playbook(output: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     state["failed"].append({"role": role, "task": name, "msg": _short(msg, 300),
                                             "assertion": assertion, "play": play_index})
                 elif result.get("changed") and not handler and play_index > 0:
-                    censored = "censored" in result
-                    state["changed"].append({"role": role, "task": name, "paths": _diff_paths(result.get("diff")),
-                                             "hidden": censored})
+                    state["changed"].append({"role": role, "task": name, "what": _change_detail(result),
+                                             "hidden": "censored" in result})
     return hosts
 
 
 def settings_items(state: dict[str, Any], report: HostReport) -> None:
     for change in state["changed"]:
         where = f"{change['role']}: {change['task']}" if change["role"] else change["task"]
-        if change["hidden"]:
-            what = "would change (details hidden: no_log)"
-        elif change["paths"]:
-            what = "would change " + ", ".join(change["paths"])
-        else:
-            what = "would change"
+        what = "would change (details hidden: no_log)" if change["hidden"] else change["what"]
         report.add("settings", f"{where}: {what}")
     for failure in state["failed"]:
         where = f"{failure['role']}: {failure['task']}" if failure["role"] else failure["task"]
