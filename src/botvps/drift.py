@@ -38,8 +38,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from botvps import runner
 from botvps.paths import PROJECT_ROOT
 
