@@ -19,7 +19,14 @@ def _ntp_time(now: float) -> bytes:
 class SNTPServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 123) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, port))
+        for attempt in range(30):  # another test run's server may still hold the port for a moment
+            try:
+                self.sock.bind((host, port))
+                break
+            except OSError:
+                if attempt == 29:
+                    raise
+                time.sleep(1)
         self.sock.settimeout(0.5)
         self.requests = 0
         self._stop = threading.Event()
