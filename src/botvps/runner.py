@@ -22,6 +22,9 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment Ansible runs in: the project's ansible.cfg and this venv's tools first on PATH."""
     env = dict(os.environ)
     env["ANSIBLE_CONFIG"] = str(PROJECT_ROOT / "ansible.cfg")
+    # ansible.cfg's control_path_dir: Ansible creates it, testinfra's ssh does not (and without it
+    # every check is a new SSH connection, which ufw's rate limit soon rejects).
+    (Path.home() / ".cache" / "botvps" / "cp").mkdir(parents=True, exist_ok=True)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env.update(extra or {})
