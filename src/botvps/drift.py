@@ -64,6 +64,7 @@ CHECKS: dict[str, str] = {
     "bot-secrets": "every bot's secrets file root-only",
 }
 BOT_CHECKS = ("bot-services", "bot-sandbox", "bot-secrets")
+LIVE = "live-checks"  # not a check of its own: where an error of the live script is reported
 
 # Tests of tests/host that are not read-only: `unattended-upgrade --dry-run` downloads the pending
 # packages into /var/cache/apt/archives and writes its log (and takes minutes on a slow host).
@@ -823,12 +824,12 @@ def check(inventory: Path, limit: str | None = None, vault_password_file: str | 
         probe, expect = state["probe"], state["expect"]
         if not probe or probe.get("rc") != 0 or expect is None:
             why = _short((probe or {}).get("stderr") or (probe or {}).get("msg") or "no result")
-            report.add("settings" if expect is None else "ipv4", f"the live checks did not run: {why}", "error")
+            report.add(LIVE, f"the live checks did not run: {why}", "error")
             continue
         try:
             facts = json.loads(probe.get("stdout") or "")
         except ValueError:
-            report.add("ipv4", "the live checks returned no JSON", "error")
+            report.add(LIVE, "the live checks returned no JSON", "error")
             continue
         evaluate(expect, facts, report)
     reachable = [h for h, r in reports.items() if not r.unreachable]
@@ -885,7 +886,8 @@ def junit_xml(reports: list[HostReport]) -> str:
     for report in reports:
         suite = ET.SubElement(suites, "testsuite", name=report.host)
         counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-        for check_name, description in CHECKS.items():
+        extra = {i.check: "" for i in report.items if i.check not in CHECKS}
+        for check_name, description in {**CHECKS, **extra}.items():
             case = ET.SubElement(suite, "testcase", classname=f"drift.{report.host}", name=check_name)
             counts["tests"] += 1
             items = [i for i in report.items if i.check == check_name]
@@ -986,6 +988,8 @@ def schedule_units(inventory: Path, vault_password_file: str | None = None, limi
     if vault_password_file:
         args += ["--vault-password-file", str(Path(vault_password_file).resolve())]
     command = " ".join(shlex.quote(a) for a in args) + " >> " + shlex.quote(str(history_path))
+    # systemd expands % specifiers and $VARIABLES even inside quotes: keep them literal.
+    command = command.replace("%", "%%").replace("$", "$$")
     service = f"""\
 # Written by `invoke drift.schedule`: check the servers for drift (read-only) and keep the result.
 [Unit]

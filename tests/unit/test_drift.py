@@ -552,3 +552,48 @@ def test_ansible_args_always_check_mode_with_diff():
 def test_run_without_an_inventory_is_an_error(tmp_path, capsys):
     assert drift.run(tmp_path / "nope") == 2
     assert "no inventory" in capsys.readouterr().err
+
+
+def test_check_orchestrates_playbook_probe_and_verify(monkeypatch):
+    probe = {"rc": 0, "stdout": json.dumps(facts(ufw_added=ok(facts()["ufw_added"]["out"] + "ufw allow 9999/tcp\n")))}
+    output = {"plays": [
+        {"tasks": [
+            _task("connect : Find the account that logs in", {"vps1": {}, "vps2": {}, "vps3": {
+                "failed": True, "stderr": "cannot reach 192.0.2.9: no login worked"}}),
+            _task("Drift, read the live state in one call", {"vps1": probe, "vps2": {"rc": 1, "stderr": "Traceback: boom"}}),
+            _task("Drift, what the inventory declares", {"vps1": {"msg": expect()}, "vps2": {"msg": expect()}})]},
+        {"tasks": [_task("preflight : Read the host's distribution", {"vps1": {}, "vps2": {}})]}],
+        "stats": {"vps1": {}, "vps2": {}, "vps3": {}}}
+    verified = []
+
+    def fake_verify(inventory, hosts, vault_password_file):
+        verified.append(hosts)
+        return {"vps1": ["test_firewall.py::test_only_marked_rules: AssertionError"]}, ""
+
+    monkeypatch.setattr(drift, "run_playbook", lambda *a: (output, ""))
+    monkeypatch.setattr(drift, "run_verify", fake_verify)
+    reports = {r.host: r for r in drift.check(Path("inv"), log=lambda msg: None)}
+    assert verified == [["vps1", "vps2"]]  # never the unreachable host
+    assert [(i.check, i.detail) for i in reports["vps1"].items] == [
+        ("verify", "test_firewall.py::test_only_marked_rules: AssertionError"),
+        ("ufw-rules", "rule without the botvps mark: ufw allow 9999/tcp")]
+    assert reports["vps1"].status == drift.DRIFTED
+    assert [(i.check, i.kind) for i in reports["vps2"].items] == [("live-checks", "error")]
+    assert "Traceback: boom" in reports["vps2"].items[0].detail
+    assert reports["vps3"].status == drift.UNREACHABLE
+    assert drift.exit_code(list(reports.values())) == 2
+    cases = [c.get("name") for c in ET.fromstring(drift.junit_xml([reports["vps2"]]).split("?>", 1)[1]).iter("testcase")]
+    assert cases == [*drift.CHECKS, "live-checks"]
+
+
+def test_check_when_ansible_playbook_produces_no_json(monkeypatch):
+    monkeypatch.setattr(drift, "run_playbook", lambda *a: (None, "ERROR! Attempting to decrypt but no vault secrets found\n"))
+    [report] = drift.check(Path("inv"), limit="vps1", log=lambda msg: None)
+    assert report.host == "vps1" and report.status == drift.ERROR
+    assert "no vault secrets found" in report.items[0].detail
+
+
+def test_schedule_keeps_percent_and_dollar_literal_for_systemd(tmp_path):
+    units = drift.schedule_units(Path("/srv/inv%1$x"), history_path=Path("/h/d.jsonl"), invoke=Path("/v/invoke"))
+    exec_start = next(line for line in units["botvps-drift.service"].splitlines() if line.startswith("ExecStart="))
+    assert "inv%%1$$x" in exec_start
