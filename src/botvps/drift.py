@@ -186,16 +186,24 @@ def _probe(args: dict) -> dict:  # pragma: no cover - runs on the host (tests ru
         except OSError:
             return None
 
+    # The two slow ones (apt resolving, timesyncd maybe not answering) run while the rest is read.
+    import threading
+
+    slow = {}
+    apt_argv = ["apt-get", "-s", "-o", "Debug::NoLocking=1", "-o", "Dir::Cache::pkgcache=",
+                "-o", "Dir::Cache::srcpkgcache=", "upgrade"]  # simulated; no lock, binary caches in memory only
+    threads = [threading.Thread(target=lambda: slow.__setitem__("apt", run(apt_argv, timeout=120))),
+               # timesync-status hangs when timesyncd is off the bus
+               threading.Thread(target=lambda: slow.__setitem__("timesync", run(["timedatectl", "timesync-status"], timeout=5)))]
+    for thread in threads:
+        thread.start()
+
     out = {"time": _time.time()}
     out["route"] = run(["ip", "-j", "-4", "route", "show", "default"])
     out["addr"] = run(["ip", "-j", "-4", "addr", "show"])
-    # Simulated; no lock taken and the binary caches stay in memory: nothing under /var/cache changes.
-    out["apt"] = run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "-o", "Dir::Cache::pkgcache=",
-                      "-o", "Dir::Cache::srcpkgcache=", "upgrade"], timeout=120)
     out["reboot_required"] = _os.path.exists("/var/run/reboot-required")
     out["reboot_pkgs"] = lines("/var/run/reboot-required.pkgs") or []
     out["timedatectl"] = run(["timedatectl", "show"], timeout=20)
-    out["timesync"] = run(["timedatectl", "timesync-status"], timeout=5)  # hangs when timesyncd is off the bus
     out["ss"] = run(["ss", "-ltnpH"])
     out["ufw_added"] = run(["ufw", "show", "added"])
     out["ufw_status"] = run(["ufw", "status"])
@@ -297,6 +305,9 @@ def _probe(args: dict) -> dict:  # pragma: no cover - runs on the host (tests ru
     out["bot_units"] = sorted(units)
     out["egress_loaded"] = (run(["nft", "list", "table", "inet", "botvps_egress"])["rc"] == 0
                             if args.get("bots") else None)
+    for thread in threads:
+        thread.join()
+    out.update(slow)
     return out
 
 
@@ -791,10 +802,11 @@ def run_playbook(inventory: Path, limit: str | None, vault_password_file: str | 
         env = runner.environment({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_JSON_INDENT": "0",
                                   "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"})
         result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    start = result.stdout.find("{")
+    # The callback prints one JSON line (indent 0) at the end; anything else is a warning.
+    documents = [line for line in result.stdout.splitlines() if line.startswith("{")]
     try:
-        return json.loads(result.stdout[start:]) if start >= 0 else None, result.stderr
-    except ValueError:
+        return json.loads(documents[-1]), result.stderr
+    except (ValueError, IndexError):
         return None, (result.stderr + result.stdout)[-2000:]
 
 
