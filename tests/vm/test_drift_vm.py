@@ -41,7 +41,7 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("BOTVPS_VM_TESTS") != "1", reason="set BOTVPS_VM_TESTS=1 to boot a VM"),
 ]
 
-VM_NAME = "drift-vmtest"
+VM_NAME = "test-drift"  # "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over
 WATCHED = ["/etc/ssh", "/etc/ufw", "/etc/fail2ban", "/etc/apt/apt.conf.d", "/etc/systemd/system", "/etc/botvps"]
 STRAY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgdkdGmoJlkZcd8O stray@drill"
 DRILL_IPV4 = "10.0.2.99"
