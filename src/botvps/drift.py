@@ -283,8 +283,8 @@ def _probe(args: dict) -> dict:  # pragma: no cover - runs on the host (tests ru
         out["ssh_group_members"] = []
 
     # The bots: their units (as loaded), secrets files (stat only) and egress rules.
-    props = ["LoadState", "ActiveState", "SubState", "UnitFileState", "User", "DropInPaths", "NeedDaemonReload",
-             "FragmentPath", "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem",
+    props = ["LoadState", "ActiveState", "SubState", "Result", "NRestarts", "UnitFileState", "User", "DropInPaths",
+             "NeedDaemonReload", "FragmentPath", "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities", "ProtectSystem",
              "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateUsers", "ProtectHostname", "ProtectClock",
              "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
              "ProtectProc", "ProcSubset", "RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime",
@@ -588,7 +588,11 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
         if show.get("LoadState") != "loaded":
             report.add("bot-services", f"{unit} is {show.get('LoadState', 'unknown')} (not installed?)")
         elif show.get("ActiveState") != "active":
-            report.add("bot-services", f"{unit} is not running: {show.get('ActiveState')} ({show.get('SubState')})")
+            why = f"{show.get('ActiveState')} ({show.get('SubState')})"
+            if show.get("Result") == "start-limit-hit":
+                why += (f", crash loop: systemd stopped restarting it after {show.get('NRestarts', '?')} restarts "
+                        f"(journalctl -u {unit}; fix the cause, then provision or systemctl reset-failed + start)")
+            report.add("bot-services", f"{unit} is not running: {why}")
         if show.get("LoadState") == "loaded":
             if show.get("User") != f"bot-{name}":
                 report.add("bot-sandbox", f"{unit} runs as {show.get('User') or 'root'}, not bot-{name}")
@@ -811,8 +815,8 @@ def run_playbook(inventory: Path, limit: str | None, vault_password_file: str | 
 
 
 def check(inventory: Path, limit: str | None = None, vault_password_file: str | None = None,
-          log=lambda msg: print(msg, file=sys.stderr)) -> list[HostReport]:
-    """Run every look at the hosts; one report per host."""
+          log=lambda msg: print(msg, file=sys.stderr), suite: bool = True) -> list[HostReport]:
+    """Run every look at the hosts (``suite=False``: all but the verification suite); one report per host."""
     log(f"drift: check mode and live checks ({PLAYBOOK.relative_to(PROJECT_ROOT)}) ...")
     started = time.monotonic()
     output, stderr = run_playbook(inventory, limit, vault_password_file)
@@ -845,7 +849,7 @@ def check(inventory: Path, limit: str | None = None, vault_password_file: str | 
             continue
         evaluate(expect, facts, report)
     reachable = [h for h, r in reports.items() if not r.unreachable]
-    if reachable:
+    if reachable and suite:
         log(f"drift: verification suite on {', '.join(reachable)} ...")
         started = time.monotonic()
         failures, error = run_verify(inventory, reachable, vault_password_file)

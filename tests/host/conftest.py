@@ -15,6 +15,15 @@ import pytest
 from botvps.vm import machine
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "late: changes the VM on purpose (faults); runs after every other check")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Checks of the provisioned state first, then the drills that break and repair it."""
+    items.sort(key=lambda item: item.get_closest_marker("late") is not None)
+
+
 @pytest.fixture(scope="session")
 def vm() -> machine.VM:
     name = os.environ.get("BOTVPS_VM_NAME")

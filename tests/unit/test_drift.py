@@ -229,6 +229,16 @@ def test_bots_running_sandboxed_and_secrets_root_only():
     assert len(only(gone, "bot-secrets")) == 2
 
 
+def test_a_crash_looping_bot_is_named_as_such():
+    bot = facts()["bots"]["alpha"]
+    looping = {"alpha": {**bot, "show": {**bot["show"], "ActiveState": "failed", "SubState": "failed",
+                                         "Result": "start-limit-hit", "NRestarts": "5"}}}
+    (detail,) = only(evaluate(fct=facts(bots=looping)), "bot-services")
+    assert detail.startswith("botvps-bot-alpha.service is not running: failed (failed), crash loop: systemd stopped "
+                             "restarting it after 5 restarts")
+    assert "journalctl -u botvps-bot-alpha.service" in detail
+
+
 def test_hosts_without_bots_skip_the_bot_checks():
     report = evaluate(exp=expect(bots=[]), fct=facts(bots={}, bot_units=[], egress_loaded=None))
     assert report.items == [] and not set(drift.BOT_CHECKS) & set(report.checks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -30,9 +31,12 @@ def host_vars(vm: VM, admin_user: str = "ops") -> dict[str, object]:
     }
 
 
-def write(vm: VM, directory: Path, extra: dict[str, object] | None = None) -> Path:
-    """Write ``directory``/hosts.yml for ``vm`` and return the directory."""
+def write(vm: VM, directory: Path, extra: dict[str, object] | None = None, group_vars: Path | None = None) -> Path:
+    """Write ``directory``/hosts.yml for ``vm`` (with a copy of ``group_vars``, e.g. molecule's bots) and
+    return the directory. The VM's own settings outrank the group's."""
     directory.mkdir(parents=True, exist_ok=True)
+    if group_vars is not None:
+        shutil.copytree(group_vars, directory / "group_vars", dirs_exist_ok=True)
     hosts = {"all": {"hosts": {vm.name: {**host_vars(vm), **(extra or {})}}}}
     (directory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
     return directory

@@ -72,6 +72,10 @@ def main() -> None:
     if changed and not module.check_mode:
         if to_enable:
             module.run_command([systemctl, "enable", *to_enable], check_rc=True)
+        if to_start or to_restart:
+            # A unit its start limit stopped (a crash loop) refuses every start until this; the
+            # run that fixes its cause starts it again.
+            module.run_command([systemctl, "reset-failed", *to_start, *to_restart])
         if to_start:
             rc, out, err = module.run_command([systemctl, "start", *to_start])
             if rc != 0:
