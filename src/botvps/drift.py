@@ -34,6 +34,7 @@ import tempfile
 import textwrap
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -589,7 +590,10 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
             report.add("bot-services", f"{unit} is {show.get('LoadState', 'unknown')} (not installed?)")
         elif show.get("ActiveState") != "active":
             why = f"{show.get('ActiveState')} ({show.get('SubState')})"
-            if show.get("Result") == "start-limit-hit":
+            # failed (not auto-restart) after restarts: the start limit made systemd give up (systemd 257
+            # keeps Result=exit-code then; older ones say start-limit-hit).
+            if show.get("Result") == "start-limit-hit" or (show.get("ActiveState") == "failed"
+                                                            and show.get("NRestarts", "0") not in ("", "0")):
                 why += (f", crash loop: systemd stopped restarting it after {show.get('NRestarts', '?')} restarts "
                         f"(journalctl -u {unit}; fix the cause, then provision or systemctl reset-failed + start)")
             report.add("bot-services", f"{unit} is not running: {why}")
@@ -745,16 +749,31 @@ def parse_junit(xml_text: str, hosts: list[str]) -> dict[str, list[str]]:
 
 
 def run_verify(inventory: Path, hosts: list[str], vault_password_file: str | None) -> tuple[dict[str, list[str]], str]:
-    """Run tests/host against ``hosts`` (read-only tests only); (failures per host, error text)."""
-    from botvps import verify
-
+    """Run tests/host against ``hosts`` (read-only tests only), one pytest per host at the same time;
+    (failures per host, error text)."""
     try:
         import testinfra  # noqa: F401
     except ImportError:
         return {}, "pytest-testinfra is not installed (pip install -e .[dev])"
+    if not hosts:
+        return {}, ""
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 20)) as pool:
+        results = list(pool.map(lambda host: _verify_host(inventory, host, vault_password_file), hosts))
+    failures: dict[str, list[str]] = {}
+    errors = []
+    for host, (found, error) in zip(hosts, results):
+        failures.update(found)
+        if error:
+            errors.append(f"{host}: {error}" if len(hosts) > 1 else error)
+    return failures, "; ".join(errors)
+
+
+def _verify_host(inventory: Path, host: str, vault_password_file: str | None) -> tuple[dict[str, list[str]], str]:
+    from botvps import verify
+
     with tempfile.TemporaryDirectory(prefix="botvps-drift-") as tmp:
         junit = Path(tmp) / "verify.xml"
-        extra = [f"--hosts={','.join('ansible://' + h for h in hosts)}", f"--junitxml={junit}",
+        extra = [f"--hosts=ansible://{host}", f"--junitxml={junit}",
                  "-o", "junit_family=xunit2", "-k", " and ".join(f"not {name}" for name in VERIFY_SKIPPED)]
         env = runner.environment({"ANSIBLE_VAULT_PASSWORD_FILE": str(Path(vault_password_file).resolve())}
                                  if vault_password_file else {})
@@ -762,13 +781,13 @@ def run_verify(inventory: Path, hosts: list[str], vault_password_file: str | Non
         # ansible.cfg asks for ControlMaster but names no ControlPath, so testinfra would open a new SSH
         # connection per command and trip ufw's limit (6 per 30 s): give it a path to share one.
         env["ANSIBLE_SSH_EXTRA_ARGS"] = f"-o ControlPath={tmp}/%C"
-        result = subprocess.run(verify.command(inventory, "all", extra), cwd=PROJECT_ROOT, env=env,
+        result = subprocess.run(verify.command(inventory, host, extra), cwd=PROJECT_ROOT, env=env,
                                 capture_output=True, text=True)
         if not junit.exists():
             tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
             return {}, f"the verification suite did not run (exit {result.returncode}): {_short(' | '.join(tail), 300)}"
         try:
-            return parse_junit(junit.read_text(), hosts), ""
+            return parse_junit(junit.read_text(), [host]), ""
         except ET.ParseError as exc:
             return {}, f"cannot read the verification suite's JUnit file: {exc}"
 

@@ -234,6 +234,12 @@ def test_a_crash_looping_bot_is_named_as_such():
     looping = {"alpha": {**bot, "show": {**bot["show"], "ActiveState": "failed", "SubState": "failed",
                                          "Result": "start-limit-hit", "NRestarts": "5"}}}
     (detail,) = only(evaluate(fct=facts(bots=looping)), "bot-services")
+    trixie = {"alpha": {**bot, "show": {**bot["show"], "ActiveState": "failed", "SubState": "failed",
+                                        "Result": "exit-code", "NRestarts": "5"}}}
+    assert only(evaluate(fct=facts(bots=trixie)), "bot-services") == [detail]
+    once = {"alpha": {**bot, "show": {**bot["show"], "ActiveState": "failed", "SubState": "failed",
+                                      "Result": "exit-code", "NRestarts": "0"}}}
+    assert "crash loop" not in only(evaluate(fct=facts(bots=once)), "bot-services")[0]
     assert detail.startswith("botvps-bot-alpha.service is not running: failed (failed), crash loop: systemd stopped "
                              "restarting it after 5 restarts")
     assert "journalctl -u botvps-bot-alpha.service" in detail

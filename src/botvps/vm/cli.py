@@ -14,7 +14,7 @@ from botvps.vm import machine
 def _up(args: argparse.Namespace) -> int:
     vm = machine.up(
         args.name, suite=args.suite, user=args.user, forwards=tuple(args.forward),
-        memory_mb=args.memory, log=lambda msg: print(msg, file=sys.stderr),
+        memory_mb=args.memory, log=lambda msg: print(msg, file=sys.stderr), apt_cache=args.apt_cache,
     )
     if args.json:
         print(json.dumps(_describe(vm)))
@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--user", default="root", choices=machine.HANDOVER_USERS, help="how the provider hands it over")
     up.add_argument("--forward", type=int, action="append", default=[], help="extra guest TCP port to forward")
     up.add_argument("--memory", type=int, default=1024, help="MiB")
+    up.add_argument("--apt-cache", action="store_true", default=None,
+                    help="use the harness' apt-cacher-ng on 127.0.0.1:3142 (also BOTVPS_APT_CACHE=1)")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=_up)
     down = sub.add_parser("down", help="stop VMs and delete their disks")

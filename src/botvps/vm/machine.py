@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from botvps import paths
-from botvps.vm import accel, image
+from botvps.vm import accel, aptcache, image
 from botvps.vm.qga import GuestAgent
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -226,6 +226,7 @@ def up(
     cpus: int = 2,
     boot_timeout: float = 180.0,
     log=print,
+    apt_cache: bool | None = None,
 ) -> VM:
     """Boot a fresh VM handed over as a provider would (``root`` or ``debian`` with a key)."""
     if not NAME_RE.match(name):
@@ -263,6 +264,10 @@ def up(
     try:
         _wait_ssh_banner(vm, boot_timeout)
         _pin_host_key(vm)
+        if aptcache.wanted() if apt_cache is None else apt_cache:
+            pointed = vm.console().run(aptcache.guest_command(aptcache.ensure(log)), timeout=60)
+            if pointed.exit_code != 0:
+                raise VMError(f"could not point {name}'s apt at the cache: {pointed.stderr}")
     except BaseException:
         down(name)
         raise
