@@ -17,7 +17,7 @@ from pathlib import Path
 
 from botvps import paths
 from botvps.vm import accel, aptcache, image
-from botvps.vm.qga import GuestAgent
+from botvps.vm.qga import AgentError, GuestAgent
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 HANDOVER_USERS = ("root", "debian")
@@ -276,8 +276,25 @@ def up(
 
 
 def wait_ssh(vm: VM, timeout: float = 180.0) -> None:
-    """After a reboot or reset: wait until sshd answers again."""
-    _wait_ssh_banner(vm, timeout)
+    """After a reboot or reset: wait until sshd runs again, asking the guest agent (out of band).
+
+    Polling the SSH port instead would trip a provisioned VM's firewall: ufw's limit (6 new
+    connections per 30 s) counts every SYN QEMU's user network retransmits, and the block renews
+    itself while the polling goes on.
+    """
+    deadline = time.monotonic() + timeout
+    agent = vm.console()
+    while time.monotonic() < deadline:
+        if not vm.running():
+            raise VMError(f"VM {vm.name} is not running; see {vm.serial_log}")
+        try:
+            if agent.run("systemctl is-active --quiet ssh.service || systemctl is-active --quiet ssh.socket",
+                         timeout=15).exit_code == 0:
+                return
+        except (OSError, AgentError):
+            pass
+        time.sleep(2)
+    raise VMError(f"VM {vm.name}: sshd not running {timeout:.0f} s after the reboot; see {vm.serial_log}")
 
 
 def down(name: str) -> bool:

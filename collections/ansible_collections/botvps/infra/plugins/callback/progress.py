@@ -11,7 +11,7 @@ name: progress
 type: stdout
 short_description: one line of progress per host and role, failures in full, the recap at the end
 description:
-  - For runs on many hosts (botvps' fleet provisioning): instead of every task for every host,
+  - For runs on many hosts (botvps' fleet provisioning). Instead of every task for every host,
     prints a line when a host finishes a role (tasks, changes, seconds), every failure or
     unreachable host with its message, every debug message, and the usual PLAY RECAP lines.
 """
@@ -67,7 +67,7 @@ class CallbackModule(CallbackBase):
         if ignore_errors:
             return
         message = result._result.get("msg") or result._result.get("stderr") or result._result.get("stdout") or ""
-        self._line(f"{result._host.get_name():28} FAILED in {self._role(result)}: {result._task.get_name()}: {message}")
+        self._line(f"{result._host.get_name():28} FAILED in {self._role(result)}: {result._task.name}: {message}")
 
     def v2_runner_on_unreachable(self, result) -> None:
         self._line(f"{result._host.get_name():28} UNREACHABLE in {self._role(result)}: {result._result.get('msg', '')}")
