@@ -28,7 +28,16 @@ def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     env.update(extra or {})
+    if env.get("BOTVPS_MITOGEN") == "1":
+        env.update(mitogen_environment(env.get("ANSIBLE_STRATEGY", "linear")))
     return env
+
+
+def mitogen_environment(strategy: str = "linear") -> dict[str, str]:
+    """Mitogen's strategy in place of Ansible's (opt-in: ``BOTVPS_MITOGEN=1``): one Python
+    interpreter per host kept over one SSH connection, instead of a module upload per task.
+    The strategies are shims in plugins/strategy (ansible.cfg) around the pinned mitogen package."""
+    return {"ANSIBLE_STRATEGY": strategy if strategy.startswith("mitogen") else f"mitogen_{strategy}"}
 
 
 @dataclass
