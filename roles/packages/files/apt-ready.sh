@@ -2,7 +2,8 @@
 # Make apt usable before botvps installs anything (run by the packages role as root):
 #   1. enough free space on / and /var (else stop before any change, naming the mount);
 #   2. no other apt/dpkg process holding the locks (else wait, bounded, saying who holds them);
-#   3. an installation a reset or a cut connection interrupted is finished (dpkg --configure -a).
+#   3. an installation a reset or a cut connection interrupted is finished (dpkg --configure -a);
+#   4. python3-apt, which Ansible's apt module needs, is there.
 # Arguments: MIN_FREE_MB LOCK_TIMEOUT_SECONDS (APT_READY_LOCKS: other lock files, for tests). Output lines are read by the role:
 #   "waited N s for PID (COMMAND)" and "repaired".
 set -eu
@@ -50,4 +51,13 @@ done
 if [ -n "$(dpkg --audit 2>/dev/null)" ]; then
   DEBIAN_FRONTEND=noninteractive dpkg --configure -a --force-confdef --force-confold
   echo repaired
+fi
+
+# Ansible's apt module needs python3-apt. It installs it itself under Ansible's strategies, not
+# under Mitogen's; installed here, the same either way.
+if ! python3 -c 'import apt_pkg' 2>/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq -o DPkg::Lock::Timeout="$timeout"
+  apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout="$timeout" python3-apt >/dev/null
+  echo repaired: installed python3-apt
 fi
