@@ -216,7 +216,8 @@ def test_package_updates_in_the_period_newest_first():
 
 def test_a_short_journal_is_named():
     report = build("vps1", document(journal_start=at(3)), PASSED)
-    assert any("only goes back 3.0 of 30 days" in p for p in report.problems)
+    assert "oldest entry 2025-03-28 12:00 UTC: the log review covers only the last 3 days, not 30 days" in \
+        dict(report.facts)["journal"]
     report = build("vps1", document(journal={"rc": 1, "err": "No journal files", "entries": []}), PASSED)
     assert any("journalctl failed" in p for p in report.problems)
 
@@ -285,8 +286,14 @@ def test_the_recorded_vm_document_builds_a_full_report():
     assert {r[0] for r in found["bot-units"].tables[0].rows} == {"botvps-bot-alpha.service", "botvps-bot-beta.service"}
     assert all(r[1] != "?" for r in found["bot-units"].tables[0].rows)
     assert found["keyaudit"].tables[0].rows[0][0] == "beta"
-    assert found["ssh-logins"].tables and found["ssh-logins"].tables[0].rows[0][0] == "ops"
-    assert found["sudo"].tables
+    ops = [r for r in found["ssh-logins"].tables[0].rows if r[0] == "ops"]
+    assert ops and ops[0][1].startswith("ED25519 SHA256:") and ops[0][2].endswith("(ops's authorized_keys)")
+    assert ops[0][3] == "10.0.2.2"
+    attacker = [r for r in found["failed-logins"].tables[0].rows if r[0] == "192.0.2.2"]
+    assert attacker and "intruder1" in attacker[0][2] and attacker[0][3] == "yes"
+    assert found["fail2ban"].tables[0].rows[0][:3] == ["192.0.2.2", "sshd", "1"]
+    assert any("Ansible (become" in r[2] for r in found["sudo"].tables[0].rows)
+    assert found["packages"].tables[0].rows[-1][1] == "root"
 
 
 def test_redactor_masks_known_values_and_secret_shaped_free_text():

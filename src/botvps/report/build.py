@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from botvps.report import review, scorecard
-from botvps.report.model import Report, plural, when
+from botvps.report.model import Report, duration, when
 from botvps.report.redact import Redactor
 from botvps.report.sshaudit import AuditResult
 
@@ -41,6 +41,9 @@ def facts(gather: dict[str, Any]) -> list[tuple[str, str]]:
     start = gather.get("journal_start")
     journal = ("persistent" if gather.get("journal_persistent") else "volatile (lost at every reboot)") + \
         f", oldest entry {when(start) if start else 'unknown'}"
+    if start is not None and start > gather["since"] + 86400:
+        journal += (f": the log review covers only the last {duration(gather['time'] - start)}, "
+                    f"not {gather['days']} days")
     return [
         ("host name", str(gather.get("hostname", "?"))),
         ("system", f"{osr.get('PRETTY_NAME', '?').strip(chr(34))}, kernel {gather.get('kernel', '?')}, "
@@ -64,11 +67,6 @@ def problems(gather: dict[str, Any]) -> list[str]:
             found.append(f"{name}: journalctl failed: {source.get('err', '').strip()[:200]}")
         if source.get("truncated"):
             found.append(f"{name}: more lines than the probe sends; only the newest were read")
-    start = gather.get("journal_start")
-    if start is not None and start > gather["since"] + 86400:
-        days = (gather["time"] - start) / 86400
-        found.append(f"the journal only goes back {days:.1f} of {gather['days']} days "
-                     f"(since {when(start)}): the review covers {plural(round(days), 'day')}")
     return found
 
 

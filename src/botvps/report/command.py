@@ -75,11 +75,14 @@ def gather(inventory: Path, host: str | None, vault_password_file: str | None) -
     return parse_callback(result.output)
 
 
-def ssh_audit_for(entry: Gathered) -> AuditResult:
+def ssh_audit_for(entry: Gathered, connected_at: float) -> AuditResult:
+    """ssh-audit of the host; ``connected_at``: when the playbook opened its SSH connections (monotonic)."""
     osr = (entry.document or {}).get("os_release") or {}
     if entry.target is None:
         return AuditResult("unknown", reason="the playbook did not say where the host's SSH is")
-    return audit(entry.target[0], entry.target[1], osr.get("ID", "").strip('"'), osr.get("VERSION_ID", "").strip('"'))
+    # The playbook's two connections (the connect role's login check, Ansible's own) count against ufw's limit.
+    return audit(entry.target[0], entry.target[1], osr.get("ID", "").strip('"'), osr.get("VERSION_ID", "").strip('"'),
+                 earlier=[connected_at, connected_at])
 
 
 def write(report: Report, out: Path) -> tuple[Path, Path]:
@@ -121,10 +124,12 @@ def run(inventory: Path = Path("inventory"), host: str | None = None, out: Path 
     except GatherError as err:
         print(f"report: {err}", file=sys.stderr)
         return 2
-    log(f"report: read in {time.monotonic() - started:.0f} s; ssh-audit ...")
+    log(f"report: read in {time.monotonic() - started:.0f} s; ssh-audit (paced to ufw's SSH limit, about a minute) ...")
     readable = [g for g in gathered.values() if g.document is not None]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(readable)))) as pool:
-        audits = dict(zip([g.host for g in readable], pool.map(ssh_audit_for, readable)))
+        # The playbook's connections were opened before the probe ran on the host: no later than this.
+        audits = dict(zip([g.host for g in readable], pool.map(
+            lambda g: ssh_audit_for(g, time.monotonic() - float((g.document or {}).get("seconds") or 0)), readable)))
     codes = []
     for name in sorted(gathered):
         entry = gathered[name]

@@ -65,18 +65,21 @@ def when(epoch: float | None) -> str:
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def ago(epoch: float | None, now: float) -> str:
-    """``3 h ago`` / ``2 days ago`` relative to ``now``."""
-    if epoch is None:
-        return "-"
-    seconds = max(0.0, now - epoch)
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``5 h``, ``3 days``."""
+    seconds = max(0.0, seconds)
     if seconds < 120:
-        return f"{seconds:.0f} s ago"
+        return f"{seconds:.0f} s"
     if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
+        return f"{seconds / 60:.0f} min"
     if seconds < 172800:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} days ago"
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def ago(epoch: float | None, now: float) -> str:
+    """``3 h ago`` relative to ``now`` ("-" for None)."""
+    return "-" if epoch is None else f"{duration(now - epoch)} ago"
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:

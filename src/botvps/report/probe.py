@@ -200,11 +200,9 @@ def gather(args):
     out["reboot_required"] = os.path.exists("/var/run/reboot-required")
     out["reboot_pkgs"] = read_text("/var/run/reboot-required.pkgs") or []
     out["apt_config"] = run(["apt-config", "dump", "APT::Periodic"])
-    out["stamps"] = {name: mtime(path) for name, path in {
-        "lists": "/var/lib/apt/periodic/update-success-stamp",
-        "upgrade": "/var/lib/apt/periodic/upgrade-stamp",
-        "unattended": "/var/lib/apt/periodic/unattended-upgrades-stamp",
-        "lists_dir": "/var/lib/apt/lists/partial"}.items()}
+    lists = [mtime(p) for p in ["/var/lib/apt/periodic/update-success-stamp"] + glob.glob("/var/lib/apt/lists/*Release")]
+    out["stamps"] = {"lists": max([t for t in lists if t] or [None], key=lambda t: t or 0),
+                     "unattended": mtime("/var/lib/apt/periodic/unattended-upgrades-stamp")}
     out["unattended_log"] = read_text("/var/log/unattended-upgrades/unattended-upgrades.log", 200) or []
     out["units"] = run(["systemctl", "show", "--property=Id,ActiveState,SubState,UnitFileState",
                         "unattended-upgrades.service", "apt-daily.timer", "apt-daily-upgrade.timer",

@@ -45,7 +45,7 @@ p.note { margin: 6px 0; color:#59636e; font-size: 13px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 4px; font-size: 13.5px; }
 caption { text-align:left; color:#59636e; font-size: 13px; padding: 2px 0 4px; }
 th, td { text-align:left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; overflow-wrap:anywhere; }
-th { background:#f6f8fa; font-weight:600; }
+th { background:#f6f8fa; font-weight:600; overflow-wrap: normal; }
 table.pairs th { background: none; white-space: nowrap; width: 1%; padding-right: 24px; }
 tr.pass > :first-child { box-shadow: inset 4px 0 var(--pass); } tr.warn > :first-child { box-shadow: inset 4px 0 var(--warn); }
 tr.fail > :first-child { box-shadow: inset 4px 0 var(--fail); } tr.unknown > :first-child { box-shadow: inset 4px 0 var(--unknown); }

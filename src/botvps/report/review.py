@@ -299,7 +299,8 @@ def packages(gather: dict[str, Any], redactor: Redactor) -> Section:
         if stamp is None or stamp < since:
             continue
         command = redactor.text(block.get("Commandline", ""))
-        by = "unattended-upgrades" if "unattended-upgrade" in command else (
+        program = command.split()[0].rsplit("/", 1)[-1] if command.split() else ""
+        by = "unattended-upgrades" if program == "unattended-upgrade" else (
             block.get("Requested-By", "").split(" (")[0] or "root")
         changes, names = [], []
         for kind in ("Install", "Upgrade", "Remove", "Purge", "Downgrade", "Reinstall"):

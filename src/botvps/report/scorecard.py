@@ -21,7 +21,8 @@ SYSTEMD_LABELS = {"PERFECT": PASS, "SAFE": PASS, "OK": PASS, "MEDIUM": WARN, "EX
                   "DANGEROUS": FAIL}
 KEYAUDIT_STATUS = {"pass": PASS, "warn": WARN, "fail": FAIL, "error": WARN}
 _OVERALL = re.compile(r"Overall exposure level for (\S+): ([\d.]+) (\w+)")
-_UNMET = re.compile(r"^\s*✗\s+(\S+)\s+(.*?)\s+([\d.]+)\s*$")
+# An unmet setting: "✗" in a UTF-8 locale, "-" in the C locale the probe runs in.
+_UNMET = re.compile(r"^\s*(?:✗|-)\s+(\S+)\s+(.*?)\s+([\d.]+)\s*$")
 
 
 def cmd(gather: dict[str, Any], key: str) -> dict[str, Any]:
