@@ -10,7 +10,7 @@ import concurrent.futures
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,42 +105,49 @@ def load_hosts(inventory: Path, host: str | None, vault_password_file: str | Non
     return ({host: hosts[host]} if host else hosts), ""
 
 
-def run(inventory: Path = Path("inventory"), host: str | None = None, out: Path = Path("reports"),
-        vault_password_file: str | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
+def collect(inventory: Path, host: str | None, vault_password_file: str | None, secrets: Iterable[str] = (),
+            log: Callable[[str], None] = lambda m: None) -> dict[str, Report | str]:
+    """Each host's report, or why there is none. Raises GatherError when the playbook gave no result."""
     started = time.monotonic()
-    hosts, error = load_hosts(Path(inventory), host, vault_password_file)
-    if error:
-        print(error, file=sys.stderr)
-        return 2
-    secrets = validate._collect_secrets(hosts)  # noqa: SLF001 - the inventory's secret values, to mask
-    try:
-        Path(out).mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"all: --out: cannot create {out} ({err.strerror}) -> give a directory you can write to", file=sys.stderr)
-        return 2
-    log(f"report: reading {', '.join(sorted(hosts))} ({PLAYBOOK.relative_to(PROJECT_ROOT)}) ...")
-    try:
-        gathered = gather(Path(inventory), host, vault_password_file)
-    except GatherError as err:
-        print(f"report: {err}", file=sys.stderr)
-        return 2
+    log(f"report: reading the hosts ({PLAYBOOK.relative_to(PROJECT_ROOT)}) ...")
+    gathered = gather(Path(inventory), host, vault_password_file)
     log(f"report: read in {time.monotonic() - started:.0f} s; ssh-audit (paced to ufw's SSH limit, about a minute) ...")
     readable = [g for g in gathered.values() if g.document is not None]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(readable)))) as pool:
         # The playbook's connections were opened before the probe ran on the host: no later than this.
         audits = dict(zip([g.host for g in readable], pool.map(
             lambda g: ssh_audit_for(g, time.monotonic() - float((g.document or {}).get("seconds") or 0)), readable)))
-    codes = []
-    for name in sorted(gathered):
-        entry = gathered[name]
-        if entry.document is None:
-            print(f"{name}: no report: {entry.error}")
-            codes.append(2)
-            continue
+    reports: dict[str, Report | str] = {}
+    for name, entry in sorted(gathered.items()):
         try:
-            report = build(name, entry.document, audits[name], secrets)
+            reports[name] = build(name, entry.document, audits[name], secrets) if entry.document else entry.error
         except GatherError as err:
-            print(f"{name}: no report: {err}")
+            reports[name] = str(err)
+    log(f"report: done in {time.monotonic() - started:.0f} s")
+    return reports
+
+
+def run(inventory: Path = Path("inventory"), host: str | None = None, out: Path = Path("reports"),
+        vault_password_file: str | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
+    hosts, error = load_hosts(Path(inventory), host, vault_password_file)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"all: --out: cannot create {out} ({err.strerror}) -> give a directory you can write to", file=sys.stderr)
+        return 2
+    secrets = validate._collect_secrets(hosts)  # noqa: SLF001 - the inventory's secret values, to mask
+    try:
+        reports = collect(Path(inventory), host, vault_password_file, secrets, log)
+    except GatherError as err:
+        print(f"report: {err}", file=sys.stderr)
+        return 2
+    codes = []
+    for name, report in reports.items():
+        if isinstance(report, str):
+            print(f"{name}: no report: {report}")
             codes.append(2)
             continue
         html, markdown = write(report, Path(out))
@@ -148,5 +155,4 @@ def run(inventory: Path = Path("inventory"), host: str | None = None, out: Path 
         print(f"{name}: {report.status.upper()}" + (f" ({', '.join(failing)})" if failing else "")
               + f" -> {html} and {markdown}")
         codes.append(1 if failing else 0)
-    log(f"report: done in {time.monotonic() - started:.0f} s")
     return max(codes, default=2)

@@ -185,18 +185,20 @@ def gather(args):
         return thread
 
     # The slow ones run while the rest is read: apt resolving (simulated: no lock, binary caches in
-    # memory only), systemd-analyze per bot unit, timesyncd (hangs when it is off the bus).
+    # memory only; the longest by far), ufw and fail2ban-client (Python programs, slow to start),
+    # systemd-analyze per bot unit, timesyncd (hangs when it is off the bus).
     threads = [later("apt", ["apt-get", "-s", "-o", "Debug::NoLocking=1", "-o", "Dir::Cache::pkgcache=",
                              "-o", "Dir::Cache::srcpkgcache=", "upgrade"], 180),
-               later("timesync", ["timedatectl", "timesync-status"], 5)]
+               later("timesync", ["timedatectl", "timesync-status"], 5),
+               later("ufw_status", ["ufw", "status", "verbose"], 60),
+               later("ufw_added", ["ufw", "show", "added"], 60),
+               later("fail2ban_status", ["fail2ban-client", "status", "sshd"], 30)]
     threads += [later("security:" + unit, ["systemd-analyze", "security", "--no-pager", unit], 120) for unit in units]
 
     out["os_release"] = dict(line.split("=", 1) for line in read_text("/etc/os-release") or [] if "=" in line)
     out["kernel"] = os.uname().release
     out["hostname"] = os.uname().nodename
     out["uptime"] = (read_text("/proc/uptime") or ["0"])[0].split()[0]
-    out["ufw_status"] = run(["ufw", "status", "verbose"])
-    out["ufw_added"] = run(["ufw", "show", "added"])
     out["reboot_required"] = os.path.exists("/var/run/reboot-required")
     out["reboot_pkgs"] = read_text("/var/run/reboot-required.pkgs") or []
     out["apt_config"] = run(["apt-config", "dump", "APT::Periodic"])
@@ -211,7 +213,6 @@ def gather(args):
     out["show_timesync"] = run(["timedatectl", "show-timesync"], 20)
     out["lynis"] = lynis()
     out["authorized_keys"] = authorized_keys()
-    out["fail2ban_status"] = run(["fail2ban-client", "status", "sshd"], 30)
 
     # Exchange key audits: which bots are audited (bot and exchange only), their timers, their verdicts.
     audited = {}
@@ -242,8 +243,8 @@ def gather(args):
 
     for thread in threads:
         thread.join()
-    out["apt"] = slow.get("apt")
-    out["timesync"] = slow.get("timesync")
+    for key in ("apt", "timesync", "ufw_status", "ufw_added", "fail2ban_status"):
+        out[key] = slow.get(key)
     out["security"] = {unit: slow.get("security:" + unit) for unit in units}
     out["seconds"] = round(time.time() - now, 1)
     return out
