@@ -127,8 +127,12 @@ def collect(inventory: Path, host: str | None, vault_password_file: str | None, 
     return reports
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def run(inventory: Path = Path("inventory"), host: str | None = None, out: Path = Path("reports"),
-        vault_password_file: str | None = None, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> int:
+        vault_password_file: str | None = None, log: Callable[[str], None] = _stderr) -> int:
     hosts, error = load_hosts(Path(inventory), host, vault_password_file)
     if error:
         print(error, file=sys.stderr)

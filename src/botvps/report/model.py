@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 
 PASS, WARN, FAIL, INFO, UNKNOWN = "pass", "warn", "fail", "info", "unknown"
@@ -63,6 +64,18 @@ def when(epoch: float | None) -> str:
     if epoch is None:
         return "never"
     return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}) +(\d{2}:\d{2}:\d{2})")
+
+
+def local_epoch(text: str, utc_offset: int) -> float | None:
+    """``2025-01-31 14:05:00`` (host local time, ``utc_offset`` seconds east of UTC) as epoch seconds."""
+    match = LOG_TIME.match(text)
+    if not match:
+        return None
+    moment = _dt.datetime.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H:%M:%S")
+    return moment.replace(tzinfo=_dt.timezone.utc).timestamp() - utc_offset
 
 
 def duration(seconds: float) -> str:

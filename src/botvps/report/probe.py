@@ -202,7 +202,8 @@ def gather(args):
     out["reboot_required"] = os.path.exists("/var/run/reboot-required")
     out["reboot_pkgs"] = read_text("/var/run/reboot-required.pkgs") or []
     out["apt_config"] = run(["apt-config", "dump", "APT::Periodic"])
-    lists = [mtime(p) for p in ["/var/lib/apt/periodic/update-success-stamp"] + glob.glob("/var/lib/apt/lists/*Release")]
+    lists = [mtime(p) for p in
+             ["/var/lib/apt/periodic/update-success-stamp"] + glob.glob("/var/lib/apt/lists/*Release")]
     out["stamps"] = {"lists": max([t for t in lists if t] or [None], key=lambda t: t or 0),
                      "unattended": mtime("/var/lib/apt/periodic/unattended-upgrades-stamp")}
     out["unattended_log"] = read_text("/var/log/unattended-upgrades/unattended-upgrades.log", 200) or []

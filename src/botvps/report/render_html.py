@@ -22,7 +22,8 @@ h2 { font-size: 20px; margin: 34px 0 12px; border-bottom: 1px solid #d0d7de; pad
 h3 { font-size: 17px; margin: 0; }
 .badge { display:inline-block; padding: 2px 10px; border-radius: 999px; font-weight: 600; font-size: 13px;
          color:#fff; white-space: nowrap; }
-.badge.pass { background: var(--pass); } .badge.warn { background: var(--warn); } .badge.fail { background: var(--fail); }
+.badge.pass { background: var(--pass); } .badge.warn { background: var(--warn); }
+.badge.fail { background: var(--fail); }
 .badge.info { background: var(--info); } .badge.unknown { background: var(--unknown); }
 dl.facts { display:grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0 0; color:#59636e; }
 dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
@@ -44,11 +45,14 @@ p.summary { margin: 8px 0; }
 p.note { margin: 6px 0; color:#59636e; font-size: 13px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 4px; font-size: 13.5px; }
 caption { text-align:left; color:#59636e; font-size: 13px; padding: 2px 0 4px; }
-th, td { text-align:left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; overflow-wrap:anywhere; }
+th, td { text-align:left; padding: 5px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top;
+         overflow-wrap:anywhere; }
 th { background:#f6f8fa; font-weight:600; overflow-wrap: normal; }
 table.pairs th { background: none; white-space: nowrap; width: 1%; padding-right: 24px; }
-tr.pass > :first-child { box-shadow: inset 4px 0 var(--pass); } tr.warn > :first-child { box-shadow: inset 4px 0 var(--warn); }
-tr.fail > :first-child { box-shadow: inset 4px 0 var(--fail); } tr.unknown > :first-child { box-shadow: inset 4px 0 var(--unknown); }
+tr.pass > :first-child { box-shadow: inset 4px 0 var(--pass); }
+tr.warn > :first-child { box-shadow: inset 4px 0 var(--warn); }
+tr.fail > :first-child { box-shadow: inset 4px 0 var(--fail); }
+tr.unknown > :first-child { box-shadow: inset 4px 0 var(--unknown); }
 tr.warn { background: var(--warn-bg); } tr.fail { background: var(--fail-bg); }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 12.5px; }
 .problems { background: var(--fail-bg); border:1px solid var(--fail); border-radius: 8px; padding: 10px 16px; }
@@ -103,7 +107,8 @@ def render(report: Report) -> str:
     problems = ""
     if report.problems:
         items = "".join(f"<li>{_cell(p)}</li>" for p in report.problems)
-        problems = f'<div class="problems" id="problems"><strong>Not everything could be read</strong><ul>{items}</ul></div>'
+        problems = (f'<div class="problems" id="problems"><strong>Not everything could be read</strong>'
+                    f"<ul>{items}</ul></div>")
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

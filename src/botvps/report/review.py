@@ -8,12 +8,11 @@ in the page (sudo and apt command lines, user names tried over SSH) goes through
 
 from __future__ import annotations
 
-import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from botvps.report.model import FAIL, INFO, PASS, WARN, Section, Table, plural, short, when, worst
+from botvps.report.model import FAIL, INFO, PASS, WARN, Section, Table, local_epoch, plural, short, when, worst
 from botvps.report.redact import Redactor
 
 SSHD = ("sshd", "sshd-session", "sshd-auth")
@@ -31,17 +30,7 @@ FAILED = [
     re.compile(r"^User (?P<user>.*?) from (?P<addr>\S+) not allowed because"),
 ]
 BAN = re.compile(r"\[(?P<jail>[^\]]+)\]\s+(?P<action>Restore Ban|Ban|Unban)\s+(?P<addr>\S+)")
-LOG_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2}) +(\d{2}:\d{2}:\d{2})")
 ANSIBLE_BECOME = re.compile(r"BECOME-SUCCESS-[a-z]+")
-
-
-def local_epoch(text: str, utc_offset: int) -> float | None:
-    """``2025-01-31 14:05:00`` (host local time, ``utc_offset`` seconds east of UTC) as epoch seconds."""
-    match = LOG_TIME.match(text)
-    if not match:
-        return None
-    moment = _dt.datetime.strptime(f"{match.group(1)} {match.group(2)}", "%Y-%m-%d %H:%M:%S")
-    return moment.replace(tzinfo=_dt.timezone.utc).timestamp() - utc_offset
 
 
 def entries(gather: dict[str, Any], identifiers: tuple[str, ...]) -> list[tuple[float, str, str, str]]:
@@ -115,7 +104,8 @@ def ssh_logins(gather: dict[str, Any], redactor: Redactor) -> Section:
     if unknown:
         summary += f"; {unknown} with a key that no authorized_keys file holds now (removed since, or not yours)"
     if not_key:
-        summary += f"; {not_key} without a key ({', '.join(sorted({l.method for l in logins.values()} - {'publickey'}))})"
+        methods = sorted({login.method for login in logins.values()} - {"publickey"})
+        summary += f"; {not_key} without a key ({', '.join(methods)})"
     rows, caption = _cut(rows, "user/key/address combinations")
     table = Table(["user", "key (sshd's fingerprint)", "whose key", "from", "logins", "first", "last"], rows,
                   caption=caption, statuses=statuses[:len(rows)])
@@ -213,7 +203,8 @@ def fail2ban(gather: dict[str, Any]) -> Section:
     notes = []
     if status_cmd.get("rc") not in (0, None):
         status = WARN
-        notes.append("`fail2ban-client status sshd` failed (is fail2ban running?): " + short(status_cmd.get("err", ""), 150))
+        notes.append("`fail2ban-client status sshd` failed (is fail2ban running?): "
+                     + short(status_cmd.get("err", ""), 150))
     summary = (f"{plural(total, 'ban')} of {plural(len(per_addr), 'address', 'addresses')}, "
                f"{len(now_banned)} banned now; each repeat offence doubles the ban")
     rows, caption = _cut(rows, "addresses")

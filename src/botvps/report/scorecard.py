@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from botvps.drift import CLOCK_MAX_OFFSET, clock_offset, security_updates
-from botvps.report.model import FAIL, INFO, PASS, UNKNOWN, WARN, Section, Table, ago, plural, short, when, worst
+from botvps.report.model import (FAIL, INFO, PASS, UNKNOWN, WARN, Section, Table, ago, local_epoch, plural, short, when,
+                                 worst)
 from botvps.report.sshaudit import AuditResult
 
 LYNIS_GOOD = 70  # a hardening index at or above this is a pass; below, a warning
@@ -20,6 +21,9 @@ LYNIS_STALE_DAYS = 31
 SYSTEMD_LABELS = {"PERFECT": PASS, "SAFE": PASS, "OK": PASS, "MEDIUM": WARN, "EXPOSED": FAIL, "UNSAFE": FAIL,
                   "DANGEROUS": FAIL}
 KEYAUDIT_STATUS = {"pass": PASS, "warn": WARN, "fail": FAIL, "error": WARN}
+UNATTENDED_RESULTS = ("No packages found", "All upgrades installed", "Packages that will be upgraded",
+                      "upgrades installed")
+EXCHANGES_REJECT = "exchanges reject signed requests a few seconds off"
 _OVERALL = re.compile(r"Overall exposure level for (\S+): ([\d.]+) (\w+)")
 # An unmet setting: "✗" in a UTF-8 locale, "-" in the C locale the probe runs in.
 _UNMET = re.compile(r"^\s*(?:✗|-)\s+(\S+)\s+(.*?)\s+([\d.]+)\s*$")
@@ -28,7 +32,9 @@ _UNMET = re.compile(r"^\s*(?:✗|-)\s+(\S+)\s+(.*?)\s+([\d.]+)\s*$")
 def cmd(gather: dict[str, Any], key: str) -> dict[str, Any]:
     """A command result of the probe ({rc, out, err}); rc -1 when the probe has none."""
     value = gather.get(key)
-    return value if isinstance(value, dict) and "rc" in value else {"rc": -1, "out": "", "err": f"no {key} in the probe"}
+    if isinstance(value, dict) and "rc" in value:
+        return value
+    return {"rc": -1, "out": "", "err": f"no {key} in the probe"}
 
 
 def key_values(text: str) -> dict[str, str]:
@@ -93,7 +99,7 @@ def lynis(gather: dict[str, Any]) -> Section:
         status = worst([status, WARN])
     summary = (f"{index}/100 from Lynis {values.get('lynis_version', version)}'s last audit "
                f"({when(taken)}, {ago(taken, now)}); {LYNIS_GOOD} or more counts as a pass")
-    notes = [f"that audit is more than {LYNIS_STALE_DAYS} days old: run `sudo lynis audit system` again"] if stale else []
+    notes = [f"that audit is more than {LYNIS_STALE_DAYS} days old: run `sudo lynis audit system` again"] * stale
     warnings = [w.split("|") for w in report.get("warnings") or []]
     tables = [Table(["test", "warning"], [[w[0], w[1] if len(w) > 1 else ""] for w in warnings],
                     caption=f"Lynis warnings ({report.get('suggestions', 0)} suggestions besides: "
@@ -213,19 +219,17 @@ def apt_periodic(dump: str) -> dict[str, str]:
     return found
 
 
-def last_unattended_run(log_lines: list[str]) -> tuple[str, str]:
-    """(start time text, outcome) of the last unattended-upgrades run in its log ("", "") when none."""
+def last_unattended_run(log_lines: list[str], utc_offset: int = 0) -> tuple[float | None, str]:
+    """(start, outcome) of the last unattended-upgrades run in its log ((None, "") when none)."""
     starts = [i for i, line in enumerate(log_lines) if "Starting unattended upgrades script" in line]
     if not starts:
-        return "", ""
+        return None, ""
     run = log_lines[starts[-1]:]
-    started = run[0][:19]
+    started = local_epoch(run[0], utc_offset)
     outcome = ""
     for line in run[1:]:
         text = re.sub(r"^\S+ \S+ ", "", line)
-        if text.startswith(("ERROR", "WARNING")) or any(
-                word in text for word in ("No packages found", "All upgrades installed", "Packages that will be upgraded",
-                                          "upgrades installed")):
+        if text.startswith(("ERROR", "WARNING")) or any(word in text for word in UNATTENDED_RESULTS):
             outcome = text
     return started, outcome or "ran (no result line)"
 
@@ -243,8 +247,8 @@ def updates(gather: dict[str, Any]) -> Section:
     else:
         pending_security = security_updates(apt["out"])
         pending_all = [line.split()[1] for line in apt["out"].splitlines() if line.startswith("Inst ")]
-        rows.append(["pending security updates", (f"{len(pending_security)}: " + short(", ".join(pending_security), 300))
-                     if pending_security else "none"])
+        security = f"{len(pending_security)}: {short(', '.join(pending_security), 300)}" if pending_security else "none"
+        rows.append(["pending security updates", security])
         statuses.append(WARN if pending_security else PASS)
         other = [p for p in pending_all if p not in pending_security]
         rows.append(["other pending updates", f"{len(other)}: {short(', '.join(other), 300)}" if other else "none"])
@@ -267,8 +271,8 @@ def updates(gather: dict[str, Any]) -> Section:
     lists = stamps.get("lists")
     rows.append(["package lists last updated", f"{when(lists)} ({ago(lists, now)})" if lists else "never"])
     statuses.append(WARN if lists is None or now - lists > 3 * 86400 else PASS)
-    started, outcome = last_unattended_run(gather.get("unattended_log") or [])
-    rows.append(["last unattended-upgrades run", f"{started} UTC{gather_offset(gather)}: {outcome}" if started else "none logged"])
+    started, outcome = last_unattended_run(gather.get("unattended_log") or [], int(gather.get("utc_offset") or 0))
+    rows.append(["last unattended-upgrades run", f"{when(started)}: {outcome}" if started else "none logged"])
     statuses.append(WARN if outcome.startswith("ERROR") else INFO)
     status = worst([s for s in statuses if s != INFO])
     headline = (f"{len(pending_security)} security" if pending_security else
@@ -277,15 +281,6 @@ def updates(gather: dict[str, Any]) -> Section:
                "means that did not happen yet (or failed), a pending reboot means a new kernel or library is "
                "installed but not running yet")
     return Section("updates", title, status, headline, summary, [Table(["", ""], rows, statuses=statuses)])
-
-
-def gather_offset(gather: dict[str, Any]) -> str:
-    """`` (host time +02:00)`` when the host's logs are not in UTC, else ""."""
-    offset = int(gather.get("utc_offset") or 0)
-    if not offset:
-        return ""
-    sign = "+" if offset > 0 else "-"
-    return f" (host time, UTC{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d})"
 
 
 # ---------------------------------------------------------------- clock
@@ -304,13 +299,13 @@ def clock(gather: dict[str, Any]) -> Section:
         return Section("clock", title, UNKNOWN, "unknown", "`timedatectl show` failed: "
                        + short(cmd(gather, "timedatectl")["err"]))
     if shown.get("NTP") != "yes":
-        status, summary = FAIL, "NTP is switched off: the clock drifts, and exchanges reject signed requests a few seconds off"
+        status, summary = FAIL, f"NTP is switched off: the clock drifts, and {EXCHANGES_REJECT}"
     elif shown.get("NTPSynchronized") != "yes":
-        status, summary = FAIL, "the clock is not synchronised: exchanges reject signed requests a few seconds off"
+        status, summary = FAIL, f"the clock is not synchronised: {EXCHANGES_REJECT}"
     elif offset is not None and abs(offset) > CLOCK_MAX_OFFSET:
         status, summary = WARN, f"synchronised, but {abs(offset):.3f} s off (more than {CLOCK_MAX_OFFSET} s)"
     else:
-        status, summary = PASS, "synchronised by systemd-timesyncd; exchanges accept signed requests only a few seconds off"
+        status, summary = PASS, f"synchronised by systemd-timesyncd ({EXCHANGES_REJECT})"
     headline = f"{offset * 1000:+.0f} ms" if offset is not None and status == PASS else (
         "synced" if status == PASS else ("off" if status == FAIL else "drifting"))
     return Section("clock", title, status, headline, summary, [Table(["", ""], rows)])
@@ -346,7 +341,8 @@ def keyaudit(gather: dict[str, Any]) -> Section:
         next_run = timer.get("NextElapseUSecRealtime") or "?"
         if bot in latest:
             stamp, verdict, reasons, source = latest[bot]
-            rows.append([bot, config.get("exchange", ""), verdict.upper(), when(stamp), source, reasons or "-", next_run])
+            rows.append([bot, config.get("exchange", ""), verdict.upper(), when(stamp), source, reasons or "-",
+                         next_run])
             statuses.append(KEYAUDIT_STATUS.get(verdict, WARN))
         else:
             rows.append([bot, config.get("exchange", ""), "NONE", "-", "-",

@@ -137,12 +137,14 @@ def parse(stdout: str, policy: str, target: str) -> AuditResult:
         result = json.loads(stdout.strip().splitlines()[-1])
         passed = bool(result["passed"])
     except (ValueError, KeyError, IndexError, TypeError):
-        return AuditResult(UNKNOWN, policy, target, reason=f"ssh-audit gave no verdict: {short(stdout, 300) or 'no output'}")
+        why = short(stdout, 300) or "no output"
+        return AuditResult(UNKNOWN, policy, target, reason=f"ssh-audit gave no verdict: {why}")
     failures = []
     for error in result.get("errors") or []:
         expected = ", ".join(error.get("expected_required") or [])
         actual = ", ".join(str(a) for a in error.get("actual") or [])
-        failures.append(f"{error.get('mismatched_field', '?')}: expected {expected or '-'}, the server has {actual or '-'}")
+        field_name = error.get("mismatched_field", "?")
+        failures.append(f"{field_name}: expected {expected or '-'}, the server has {actual or '-'}")
     warnings = "; ".join(result.get("warnings") or [])
     return AuditResult(PASS if passed else FAIL, result.get("policy") or policy, target, failures, warnings)
 
