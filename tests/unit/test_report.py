@@ -303,3 +303,17 @@ def test_redactor_masks_known_values_and_secret_shaped_free_text():
         "env BINANCE_SECRET=*** ./run --api-key *** --password=***"
     assert redactor.text("systemctl restart botvps-bot-alpha") == "systemctl restart botvps-bot-alpha"
     assert redactor.walk("PrivateTmp=yes") == "PrivateTmp=yes"  # structured output keeps its setting names
+
+
+def test_the_playbook_makes_one_read_only_call_on_the_host():
+    """Each module call on an emulated VM costs seconds: one command, besides the connect role (run on the
+    controller) and a debug message; read-only, so it also runs under --check."""
+    play = yaml.safe_load((ROOT / "playbooks" / "report.yml").read_text())[0]
+    assert play["gather_facts"] is False and play["become"] is True and play["check_mode"] is False
+    assert [r["role"] for r in play["roles"]] == ["connect"]
+    modules = [next(k for k in task if k.startswith("ansible.")) for task in play["tasks"]]
+    assert modules == ["ansible.builtin.command", "ansible.builtin.debug"]
+    assert play["tasks"][0]["changed_when"] is False and play["tasks"][0]["name"].startswith(command.PROBE_TASK)
+    assert play["tasks"][1]["name"].startswith(command.TARGET_TASK)
+    connect = yaml.safe_load((ROOT / "roles" / "connect" / "tasks" / "main.yml").read_text())
+    assert all(t.get("delegate_to") == "localhost" or "ansible.builtin.set_fact" in t for t in connect)
