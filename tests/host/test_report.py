@@ -69,7 +69,9 @@ def test_scorecard_reads_the_host(sections):
     assert sections["firewall"].status == PASS and all(r[3] == "botvps" for r in sections["firewall"].tables[0].rows)
     for key in ("updates", "clock"):
         assert sections[key].status != UNKNOWN, sections[key].summary
-    assert sections["lynis"].status == UNKNOWN and "apt install lynis" in sections["lynis"].summary
+    lynis = sections["lynis"]  # botvps does not install it; when someone did, its index is read
+    assert (lynis.status == UNKNOWN and lynis.headline in ("not installed", "never run", "unfinished")) or \
+        0 <= int(lynis.headline) <= 100, (lynis.headline, lynis.summary)
     audited = sections["keyaudit"]
     if audited.tables:  # the molecule bots: beta is audited; converge started it, so a verdict is logged
         assert all(r[2] != "NONE" for r in audited.tables[0].rows), audited.tables[0].rows

@@ -97,6 +97,8 @@ def test_lynis_absent_never_run_and_index():
     assert lynis.status == UNKNOWN and lynis.headline == "not installed" and "apt install lynis" in lynis.summary
     installed = {"path": "/usr/sbin/lynis", "version": ok("3.0.8-1"), "report": None}
     assert sections(document(lynis=installed))["lynis"].headline == "never run"
+    running = {**installed, "report": {"mtime": NOW, "values": {"lynis_version": "3.0.8"}, "warnings": [], "suggestions": 0}}
+    assert sections(document(lynis=running))["lynis"].headline == "unfinished"
     report = {"mtime": NOW - DAY, "values": {"hardening_index": "74", "lynis_version": "3.0.8"},
               "warnings": ["FIRE-4512|iptables module(s) loaded, but no rules active|-|-|"], "suggestions": 31}
     lynis = sections(document(lynis={**installed, "report": report}))["lynis"]

@@ -86,9 +86,13 @@ def lynis(gather: dict[str, Any]) -> Section:
                            "Lynis is not installed on the host (botvps does not install it, and the report "
                            "never changes the host): `sudo apt install lynis` and `sudo lynis audit system` "
                            "there, and the next report shows its hardening index")
-        return Section("lynis", title, UNKNOWN, "never run",
-                       f"Lynis {version} is installed but has no report yet: run `sudo lynis audit system` on the "
-                       "host (it takes a few minutes) and the next report shows its hardening index")
+        if report is None:
+            return Section("lynis", title, UNKNOWN, "never run",
+                           f"Lynis {version} is installed but has no report yet: run `sudo lynis audit system` on the "
+                           "host (it takes a few minutes) and the next report shows its hardening index")
+        return Section("lynis", title, UNKNOWN, "unfinished",
+                       f"Lynis' report (/var/log/lynis-report.dat, {when(report.get('mtime'))}) has no hardening index: "
+                       "its audit did not finish (or is still running); run `sudo lynis audit system` again")
     values = report["values"]
     index = int(values["hardening_index"]) if str(values["hardening_index"]).isdigit() else -1
     taken = report.get("mtime")
