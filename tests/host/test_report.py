@@ -1,7 +1,7 @@
 """`invoke report` against the provisioned VM: one gather, real content in every part that matters.
 
-One run (the playbook's single read-only call, then ssh-audit paced to ufw's SSH limit: about a
-minute and a half on an emulated VM). The inventory is written for the VM as an operator would (no
+One run: the playbook's single read-only call, then ssh-audit paced to ufw's SSH limit (measured on
+the emulated VMs: about 60 s on Debian 13, 60 to 90 s on Debian 12). The inventory is written for the VM as an operator would (no
 vault, no bots declared): the report finds the bots on the host itself, and no secret of theirs may
 show up anywhere in it.
 """

@@ -1,7 +1,11 @@
 """A constructed probe document for the report's unit tests: a provisioned host with some history.
 
 Times are relative to NOW (2025-03-31 12:00 UTC); the host logs in UTC unless a test says otherwise.
-The recorded document of a real VM is ``tests/unit/fixtures/report-debian12.json``.
+The documents recorded on real VMs are ``tests/unit/fixtures/report-debian12.json`` and
+``report-debian13.json``: Debian 12 and 13 VMs provisioned with molecule's bots alpha (no exchange) and
+beta (binance, audited against tests/fakeexchange.py), a few failed logins from the controller and a
+network namespace in the VM (192.0.2.2, banned by fail2ban), no Lynis. Nothing secret in them (the
+bots' planted secrets are checked absent); the VMs' clocks said 2026.
 """
 
 from __future__ import annotations
@@ -160,6 +164,6 @@ def document(**overrides: Any) -> dict[str, Any]:
     return base
 
 
-def recorded() -> dict[str, Any]:
-    """The document gathered from a provisioned Debian 12 VM (bots alpha and beta; see its README note)."""
-    return json.loads((FIXTURES / "report-debian12.json").read_text())
+def recorded(release: str = "debian12") -> dict[str, Any]:
+    """The document gathered from a provisioned Debian VM (see the module's docstring)."""
+    return json.loads((FIXTURES / f"report-{release}.json").read_text())

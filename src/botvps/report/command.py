@@ -111,7 +111,7 @@ def collect(inventory: Path, host: str | None, vault_password_file: str | None, 
     started = time.monotonic()
     log(f"report: reading the hosts ({PLAYBOOK.relative_to(PROJECT_ROOT)}) ...")
     gathered = gather(Path(inventory), host, vault_password_file)
-    log(f"report: read in {time.monotonic() - started:.0f} s; ssh-audit (paced to ufw's SSH limit, about a minute) ...")
+    log(f"report: read in {time.monotonic() - started:.0f} s; ssh-audit (paced to ufw's SSH limit: up to a minute) ...")
     readable = [g for g in gathered.values() if g.document is not None]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(readable)))) as pool:
         # The playbook's connections were opened before the probe ran on the host: no later than this.

@@ -4,7 +4,7 @@ ssh-audit (pinned in the dev extras) only talks SSH's key exchange: it never log
 the newest built-in one for the host's distribution and version ("Hardened Debian 12 (version 3)",
 "Hardened Debian 13 (version 1)", "Hardened Ubuntu Server 24.04 LTS (version 2)", ...).
 
-A policy scan opens about a dozen connections (host keys, Diffie-Hellman group sizes), but ufw's
+A policy scan opens up to a dozen connections (Debian 12: host keys, Diffie-Hellman group sizes), but ufw's
 SSH rule (``limit``) drops the sixth new connection from one address within 30 s, and every
 dropped SYN that TCP retries counts again. Unpaced, ssh-audit then times out on the group-size
 tests and passes the policy without having checked them. So ssh-audit connects through
