@@ -11,6 +11,7 @@ from botvps import audit
 from botvps import demo as demo_module
 from botvps import drift as drift_module
 from botvps import provision as provision_module
+from botvps.report import command as report_command
 from botvps import secrets as secrets_module
 from botvps import testing
 from botvps.vm import cli as vm_cli
@@ -51,6 +52,14 @@ def secrets_list(c, bot=None, inventory="inventory", vault_password_file=None):
     """List the secret names in the vault (never their values)."""
     args = ["list", *([bot] if bot else []), "--vault", str(Path(inventory) / "group_vars" / "all" / "vault.yml")]
     _exit(secrets_module.main(args + (["--vault-password-file", vault_password_file] if vault_password_file else [])))
+
+
+@task(help={"inventory": "inventory directory (default inventory/)", "host": "only this host",
+            "out": "directory for HOST.html and HOST.md (default reports/)",
+            "vault_password_file": "file with the vault password"})
+def report(c, inventory="inventory", host=None, out="reports", vault_password_file=None):
+    """Security report per host (HTML and Markdown): scorecard and the last 30 days' log review. Read-only."""
+    _exit(report_command.run(Path(inventory), host=host, out=Path(out), vault_password_file=vault_password_file))
 
 
 @task(help={"suite": "bookworm (Debian 12) or trixie (Debian 13)", "name": "VM name"})
@@ -131,4 +140,4 @@ secrets = Collection("secrets")
 secrets.add_task(secrets_set, name="set")
 secrets.add_task(secrets_list, name="list")
 
-ns = Collection(provision, demo, test, audit_keys, vm, secrets, drift)
+ns = Collection(provision, demo, test, audit_keys, report, vm, secrets, drift)

@@ -41,7 +41,7 @@ def unit() -> tuple[str, int, float]:
 def lint() -> list[tuple[str, int, float]]:
     return [
         _run("yamllint", ["yamllint", "-s", "."]),
-        _run("ansible-lint", ["ansible-lint", "--profile", "production", "playbooks/site.yml", "roles", "molecule"]),
+        _run("ansible-lint", ["ansible-lint", "--profile", "production", "playbooks/", "roles", "molecule"]),
     ]
 
 
