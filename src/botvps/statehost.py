@@ -14,9 +14,9 @@ bot archive holds its state directory (``/var/lib/botvps/NAME``) with numeric ow
 mtimes; the manifest lists every entry (path, type, mode, owner, size, sha256) and each archive's
 sha256. A bot is either stopped gracefully for the copy (``systemctl stop``: its KillSignal and
 TimeoutStopSec let it cancel its orders) and started again if it was running, or, when it declares
-``state_sqlite``, copied while it runs: those databases through SQLite's online backup API (as the
-bot's own user, so that SQLite never creates a root-owned -wal or -shm file), the other files as
-they are. Files are read through directory file descriptors with O_NOFOLLOW: a bot cannot make
+``state_sqlite``, copied while it runs: those databases through SQLite's online backup API (a
+consistent snapshot; SQLite run as root gives any -wal or -shm file it creates the database's
+owner), the other files as they are. Files are read through directory file descriptors with O_NOFOLLOW: a bot cannot make
 root copy a file from outside its directory by swapping in a symbolic link.
 
 A restore checks every checksum before it writes anything, stops the bots it restores, extracts
@@ -326,47 +326,43 @@ def archive_state(root_fd: int, archive_path: str, snapshots: dict[str, str] | N
     return entries, skipped
 
 
-def sqlite_snapshot(root_fd: int, rel: str, uid: int, gid: int, dest: str) -> None:
-    """SQLite's online backup API from ``rel`` (inside the directory ``root_fd``) to ``dest``, as uid:gid.
+def sqlite_snapshot(root_fd: int, state_dir: str, rel: str, dest: str) -> None:
+    """SQLite's online backup API from ``rel`` in the state directory to ``dest``: a consistent copy while the bot writes.
 
-    A forked child changes into the state directory, drops to the bot's user, and copies the
-    database in one step (a consistent snapshot while the bot keeps writing; -wal and -shm stay the
-    bot's). ``dest`` must be writable by that user.
+    One step under one read transaction. Run as root, SQLite gives any -wal, -shm or -journal file it
+    creates the database's owner, so the bot can still open its database afterwards. The path must be
+    a regular file reached without a symbolic link (a bot cannot point root at another bot's database).
     """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_fd)
-        code = 0
-        try:
-            import sqlite3
-            import urllib.parse
+    import sqlite3
+    import urllib.parse
 
-            os.fchdir(root_fd)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
-            os.umask(0o077)
-            source = sqlite3.connect(f"file:{urllib.parse.quote(rel)}?mode=rw", uri=True, timeout=60)
-            target = sqlite3.connect(dest)
-            source.backup(target)
-            check = target.execute("PRAGMA quick_check").fetchone()[0]
-            source.close()
-            target.close()
-            if check != "ok":
-                raise RuntimeError(f"the copy fails SQLite's quick_check: {check}")
-        except BaseException as err:  # noqa: BLE001 - report anything to the parent
-            os.write(write_fd, f"{type(err).__name__}: {err}".encode()[:1000])
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as pipe:
-        message = pipe.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise StateError(f"SQLite online backup of {rel} failed: {message or 'the copy process died'}")
+    parts = rel.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        if not stat.S_ISREG(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False).st_mode):
+            raise StateError(f"SQLite online backup of {rel}: not a regular file")
+    except OSError as err:
+        raise StateError(f"SQLite online backup of {rel}: {err.strerror} (a symbolic link, or not there)") from None
+    finally:
+        os.close(fd)
+    source = target = None
+    try:
+        source = sqlite3.connect(f"file:{urllib.parse.quote(os.path.join(state_dir, rel))}?mode=rw", uri=True, timeout=60)
+        target = sqlite3.connect(dest)
+        source.backup(target)
+        check = target.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StateError(f"SQLite online backup of {rel}: the copy fails quick_check: {check}")
+    except sqlite3.Error as err:
+        raise StateError(f"SQLite online backup of {rel} failed: {err}") from None
+    finally:
+        for connection in (source, target):
+            if connection is not None:
+                connection.close()
 
 
 def backup_bot(bot: dict, work: str) -> dict:
@@ -390,7 +386,6 @@ def backup_bot(bot: dict, work: str) -> dict:
         elif sqlite:
             result.update(method="sqlite-online", was_running=unit_state(unit) in STOP_STATES, stopped_seconds=0.0)
             snapdir = tempfile.mkdtemp(prefix=f"sqlite-{name}-", dir=work)
-            os.chown(snapdir, uid, gid)
             snapshots = {}
             for index, rel in enumerate(sqlite):
                 try:
@@ -399,7 +394,7 @@ def backup_bot(bot: dict, work: str) -> dict:
                     result["warnings"].append(f"{rel}: declared in state_sqlite but not found (nothing to copy)")
                     continue
                 snapshots[rel] = os.path.join(snapdir, f"{index}.db")
-                sqlite_snapshot(root_fd, rel, uid, gid, snapshots[rel])
+                sqlite_snapshot(root_fd, state_dir, rel, snapshots[rel])
             exclude = {f"{rel}{suffix}" for rel in sqlite for suffix in ("-wal", "-shm", "-journal")}
             result["entries"], result["skipped"] = archive_state(root_fd, archive, snapshots, exclude)
             shutil.rmtree(snapdir, ignore_errors=True)
@@ -426,7 +421,6 @@ def backup_bot(bot: dict, work: str) -> dict:
 def backup(args: dict) -> dict:
     """Back up every bot in ``args["bots"]``; one bundle for the controller to fetch."""
     work = tempfile.mkdtemp(prefix="botvps-backup-", dir="/var/tmp")
-    os.chmod(work, 0o711)  # the bots' users reach their SQLite snapshot directory, nothing else
     try:
         manifest: dict[str, Any] = {"format": FORMAT, "host": args["host"], "static_ipv4": args.get("static_ipv4", ""),
                                     "created": now(), "bots": {}}
@@ -451,7 +445,6 @@ def backup(args: dict) -> dict:
         if owner:  # the login account fetches it without privilege escalation (no base64 copy in memory)
             for path in (work, bundle):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-        os.chmod(work, 0o700)
         os.chmod(bundle, 0o600)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -603,6 +596,7 @@ def restore(args: dict) -> dict:
                 sha256_stream(_member(tar, entry["archive"], bundle), spool)
                 verified[bot["name"]] = verify_archive(spool, entry, entry["archive"])
                 archives[bot["name"]] = spool
+        os.makedirs(STATE_ROOT, mode=0o700, exist_ok=True)  # as systemd makes it for StateDirectory=botvps/NAME
         os.makedirs(WORK_DIR, mode=0o700, exist_ok=True)
         todo = [bot for bot in args["bots"] if args.get("force") or restored_from(bot["name"]) != backup_id]
         kept = [bot["name"] for bot in args["bots"] if bot not in todo]

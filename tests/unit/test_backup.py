@@ -146,7 +146,7 @@ def test_sqlite_is_copied_online_and_its_journal_files_left_out(tmp_path):
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     snap = tmp_path / "snap.db"
     try:
-        statehost.sqlite_snapshot(fd, "trades.db", os.getuid(), os.getgid(), str(snap))
+        statehost.sqlite_snapshot(fd, str(root), "trades.db", str(snap))
         entries, _ = statehost.archive_state(fd, str(tmp_path / "beta.tar.gz"), {"trades.db": str(snap)},
                                              {"trades.db-wal", "trades.db-shm", "trades.db-journal"})
     finally:
@@ -157,12 +157,18 @@ def test_sqlite_is_copied_online_and_its_journal_files_left_out(tmp_path):
     assert entries[1]["sha256"] == hashlib.sha256(snap.read_bytes()).hexdigest()
 
 
-def test_sqlite_snapshot_of_a_broken_database_is_a_clear_error(tmp_path):
-    (tmp_path / "bad.db").write_bytes(b"not a database at all" * 100)
+@pytest.mark.parametrize("make,error", [
+    (lambda d: (d / "trades.db").symlink_to(d / "other.db"), "trades.db: not a regular file"),
+    (lambda d: (d / "trades.db").write_bytes(b"not a database at all" * 100), "SQLite online backup of trades.db failed"),
+    (lambda d: None, r"trades.db: No such file"),
+])
+def test_sqlite_snapshot_refuses_links_and_reports_broken_databases(tmp_path, make, error):
+    (tmp_path / "other.db").write_bytes(b"")
+    make(tmp_path)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with pytest.raises(StateError, match="SQLite online backup of bad.db failed"):
-            statehost.sqlite_snapshot(fd, "bad.db", os.getuid(), os.getgid(), str(tmp_path / "out.db"))
+        with pytest.raises(StateError, match=error):
+            statehost.sqlite_snapshot(fd, str(tmp_path), "trades.db", str(tmp_path / "out.db"))
     finally:
         os.close(fd)
 
