@@ -538,7 +538,7 @@ def restore_bot(archive: IO[bytes], entry: dict, bot: dict, backup_id: str, labe
     _fsync_dir(os.path.dirname(state_dir))
     shutil.rmtree(old, ignore_errors=True)
     tmp = marker_path(name) + ".tmp"
-    with open(tmp, "w") as handle:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
         json.dump({"backup": backup_id, "restored": now(), "files": files}, handle)
         handle.flush()
         os.fsync(handle.fileno())

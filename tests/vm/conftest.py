@@ -2,7 +2,7 @@
 
 Opt-in: ``BOTVPS_VM_TESTS=1``. With ``BOTVPS_VM_NAME`` set (molecule's debian12 verifier sets both)
 the tests use that VM as molecule converged it, after tests/host ran on it. Without it they boot
-their own (``test-lab``, about 5 more minutes) and provision it the same way. Either way the
+their own (``test-lab``, or ``BOTVPS_LAB_VM``; about 5 more minutes) and provision it the same way. Either way the
 inventory is molecule's: ``molecule/shared/group_vars`` (two bots, alpha and beta, with sentinel
 secrets in the vault; vault password ``molecule/shared/vault-password``) plus the VM's host
 variables from ``botvps.vm.inventory`` (as an operator would write them).
@@ -28,7 +28,8 @@ from botvps.vm import inventory, machine
 
 MOLECULE_SHARED = PROJECT_ROOT / "molecule" / "shared"
 PASSWORD_FILE = MOLECULE_SHARED / "vault-password"
-LAB_VM = "test-lab"  # "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over
+# "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over.
+LAB_VM = os.environ.get("BOTVPS_LAB_VM", "test-lab")
 DISPOSABLE_PREFIXES = ("molecule-", "test-")  # the only VMs a test may destroy
 
 
