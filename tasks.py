@@ -125,11 +125,13 @@ def drift_history(c, host=None):
 drift = Collection("drift", drift_check, drift_schedule, drift_history)
 
 
-@task(name="backup", help={"bot": "only this bot", "host": "only this host", "out": "backup directory (default backups/)",
-                           "inventory": "inventory directory", "vault_password_file": "file with the vault password"})
+@task(name="backup", help={"bot": "only this bot", "host": "only this host",
+                           "out": "backup directory (default backups/)", "inventory": "inventory directory",
+                           "vault_password_file": "file with the vault password"})
 def bots_backup(c, bot=None, host=None, out="backups", inventory="inventory", vault_password_file=None):
     """Copy each bot's state to OUT/HOST/STAMP with checksums (graceful stop, or online SQLite copy); no secrets."""
-    _exit(backup_module.run(Path(inventory), bot=bot, host=host, out=Path(out), vault_password_file=vault_password_file))
+    _exit(backup_module.run(Path(inventory), bot=bot, host=host, out=Path(out),
+                            vault_password_file=vault_password_file))
 
 
 bots = Collection("bots", bots_backup)
@@ -140,7 +142,8 @@ bots = Collection("bots", bots_backup)
             "inventory": "inventory directory", "vault_password_file": "file with the vault password",
             "force_restore": "restore even bots already restored from this backup (their newer state is lost)",
             "report": "also write a JSON report here"})
-def rebuild(c, host, restore_from=None, inventory="inventory", vault_password_file=None, force_restore=False, report=None):
+def rebuild(c, host, restore_from=None, inventory="inventory", vault_password_file=None, force_restore=False,
+            report=None):
     """Provision a replacement server, restore the bots' state, start them, check drift, print the new IP steps."""
     _exit(rebuild_module.run(Path(inventory), host, Path(restore_from) if restore_from else None, vault_password_file,
                              force_restore, Path(report) if report else None))

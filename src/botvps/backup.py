@@ -142,7 +142,8 @@ def pack(backup: Backup, bots: list[str], dest: Path) -> Path:
 # ---------------------------------------------------------------- what to back up
 
 
-def select(hosts: Mapping[str, Mapping], bot: str | None = None, host: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
+def select(hosts: Mapping[str, Mapping], bot: str | None = None,
+           host: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """({host: its bots to back up}, problems): every bot of every host, or only ``host`` / ``bot``."""
     if host and host not in hosts:
         return {}, [f"{host}: not in the inventory (hosts: {', '.join(sorted(hosts))})"]
@@ -199,7 +200,7 @@ def summary(backup: Backup) -> str:
 
 def run(inventory: Path, bot: str | None = None, host: str | None = None, out: Path = Path("backups"),
         vault_password_file: str | None = None, log=lambda msg: print(msg, file=sys.stderr)) -> int:
-    """`invoke bots.backup`: 0 when every selected host's backup is stored and verified, 1 when one failed, 2 bad input."""
+    """`invoke bots.backup`: 0 every selected host's backup stored and verified, 1 one failed, 2 bad input."""
     code, report = validate.check(inventory, vault_password_file)
     if code != validate.EXIT_OK:
         print(report, file=sys.stderr)
@@ -215,7 +216,8 @@ def run(inventory: Path, bot: str | None = None, host: str | None = None, out: P
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=out) as tmp:
         extra = ["-e", json.dumps({"backup_bots": [bot] if bot else [], "backup_dest": tmp})]
         log("bots.backup: " + ", ".join(f"{h} ({' '.join(b)})" for h, b in chosen.items()) + " ...")
-        result, stderr = runner.json_playbook(PLAYBOOK, inventory, provision.ansible_args(",".join(chosen), vault_password_file, extra))
+        args = provision.ansible_args(",".join(chosen), vault_password_file, extra)
+        result, stderr = runner.json_playbook(PLAYBOOK, inventory, args)
         if result is None:
             print(f"bots.backup: ansible-playbook failed: {stderr.strip()[-1500:]}", file=sys.stderr)
             return 1

@@ -126,8 +126,8 @@ def _restore(inventory: Path, host: str, backup: backups.Backup, bots: list[str]
         bundle = backups.pack(backup, bots, Path(tmp) / "bundle.tar")
         extra = {"restore_bundle": str(bundle), "restore_id": uuid.uuid4().hex, "restore_bots": bots,
                  "restore_manifest_sha256": backup.manifest_sha256, "restore_force": force}
-        report, stderr = runner.json_playbook(PLAYBOOK, inventory,
-                                              provision.ansible_args(host, vault_password_file, ["-e", json.dumps(extra)]))
+        args = provision.ansible_args(host, vault_password_file, ["-e", json.dumps(extra)])
+        report, stderr = runner.json_playbook(PLAYBOOK, inventory, args)
     if report is None:
         return None, f"ansible-playbook failed: {stderr.strip()[-1500:]}"
     result = runner.task_results(report, "Restore, verify").get(host, {})
@@ -213,27 +213,28 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
         print("rebuild: a bot whose key audit fails does not start: move each key's IP whitelist now if you have not:")
         print("\n".join(steps))
 
-    # 2. Provision, no bot started.
+    # 2. Provision; with a backup to restore, no bot is started yet.
     step = time.monotonic()
     result = provision.provision(inventory, limit=host, vault_password_file=vault_password_file,
-                                 extra=["-e", json.dumps({"bots_start": False})])
+                                 extra=["-e", json.dumps({"bots_start": False})] if backup else [])
     seconds["provision"] = round(time.monotonic() - step, 1)
     if result.returncode != 0:
         print(f"rebuild: provisioning {host} failed (see above); fix it and run the rebuild again", file=sys.stderr)
         return finish(result.returncode if result.returncode == 2 else 1)
 
     # 3. Restore and start.
-    step = time.monotonic()
-    print(f"rebuild: restoring {', '.join(restore_plan.restore) or 'no bot state'} and starting the bots ...")
-    output, error = _restore(inventory, host, backup, restore_plan.restore, vault_password_file, force_restore) \
-        if backup else _start_only(inventory, host, vault_password_file)
-    seconds["restore"] = round(time.monotonic() - step, 1)
-    if output is None:
-        print(f"rebuild: restoring on {host} failed: {error}\nRun the rebuild again once that is fixed (it is safe "
-              "to repeat).", file=sys.stderr)
-        return finish(1)
-    record["restore"] = output
-    down = _print_restore(output)
+    down: list[str] = []
+    if backup:
+        step = time.monotonic()
+        print(f"rebuild: restoring {', '.join(restore_plan.restore) or 'no bot state'} and starting the bots ...")
+        output, error = _restore(inventory, host, backup, restore_plan.restore, vault_password_file, force_restore)
+        seconds["restore"] = round(time.monotonic() - step, 1)
+        if output is None:
+            print(f"rebuild: restoring on {host} failed: {error}\nRun the rebuild again once that is fixed (it is "
+                  "safe to repeat).", file=sys.stderr)
+            return finish(1)
+        record["restore"] = output
+        down = _print_restore(output)
 
     # 4. Drift.
     step = time.monotonic()
@@ -253,11 +254,3 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
     print("\n".join(steps or ["  (no bots)"]))
     return finish(code)
 
-
-def _start_only(inventory: Path, host: str, vault_password_file: str | None) -> tuple[dict | None, str]:
-    """Without a backup: start the bots (provisioning held them) with a normal provisioning run of the bots role."""
-    result = provision.provision(inventory, limit=host, vault_password_file=vault_password_file,
-                                 extra=["--tags", "bots"], echo=False)
-    if result.returncode != 0:
-        return None, "starting the bots failed: " + result.output[-1500:]
-    return {"restored": {}, "kept": [], "units": {}}, ""

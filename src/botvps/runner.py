@@ -97,7 +97,7 @@ JSON_CALLBACK_ENV = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_J
 
 def json_playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | None = None,
                   env: dict[str, str] | None = None) -> tuple[dict | None, str]:
-    """Run ansible-playbook with the JSON callback: (its report, or None when it printed none; stderr or output tail)."""
+    """ansible-playbook with the JSON callback: (its report, None when it printed none; stderr or output tail)."""
     command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment({**JSON_CALLBACK_ENV, **(env or {})}),
                             capture_output=True, text=True)

@@ -16,8 +16,8 @@ sha256. A bot is either stopped gracefully for the copy (``systemctl stop``: its
 TimeoutStopSec let it cancel its orders) and started again if it was running, or, when it declares
 ``state_sqlite``, copied while it runs: those databases through SQLite's online backup API (a
 consistent snapshot; SQLite run as root gives any -wal or -shm file it creates the database's
-owner), the other files as they are. Files are read through directory file descriptors with O_NOFOLLOW: a bot cannot make
-root copy a file from outside its directory by swapping in a symbolic link.
+owner), the other files as they are. Files are read through directory file descriptors with
+O_NOFOLLOW: a bot cannot make root copy a file from outside its directory by swapping in a link.
 
 A restore checks every checksum before it writes anything, stops the bots it restores, extracts
 each into a staging directory (owned by the bot's user), swaps it in with two renames, records
@@ -182,7 +182,8 @@ def verify_archive(archive: IO[bytes], bot: dict, label: str) -> int:
                     raise StateError(f"{where}: twice in the archive")
                 seen.add(member.name)
                 if member_kind(member) != entry["type"]:
-                    raise StateError(f"{where}: a {member_kind(member)} in the archive, a {entry['type']} in the manifest")
+                    raise StateError(f"{where}: a {member_kind(member)} in the archive, "
+                                     f"a {entry['type']} in the manifest")
                 if entry["type"] == "symlink" and member.linkname != entry["target"]:
                     raise StateError(f"{where}: link target differs from the manifest")
                 if entry["type"] == "file":
@@ -219,7 +220,8 @@ def systemctl(verb: str, units: list[str]) -> None:
         return
     result = run(["systemctl", verb, *units])
     if result.returncode != 0:
-        raise StateError(f"systemctl {verb} {' '.join(units)} failed: {(result.stderr or result.stdout).strip()[-300:]}")
+        why = (result.stderr or result.stdout).strip()[-300:]
+        raise StateError(f"systemctl {verb} {' '.join(units)} failed: {why}")
 
 
 def bot_ids(user: str) -> tuple[int, int]:
@@ -327,7 +329,7 @@ def archive_state(root_fd: int, archive_path: str, snapshots: dict[str, str] | N
 
 
 def sqlite_snapshot(root_fd: int, state_dir: str, rel: str, dest: str) -> None:
-    """SQLite's online backup API from ``rel`` in the state directory to ``dest``: a consistent copy while the bot writes.
+    """SQLite's online backup API from ``rel`` in the state directory to ``dest``: a consistent copy, bot running.
 
     One step under one read transaction. Run as root, SQLite gives any -wal, -shm or -journal file it
     creates the database's owner, so the bot can still open its database afterwards. The path must be
@@ -351,7 +353,8 @@ def sqlite_snapshot(root_fd: int, state_dir: str, rel: str, dest: str) -> None:
         os.close(fd)
     source = target = None
     try:
-        source = sqlite3.connect(f"file:{urllib.parse.quote(os.path.join(state_dir, rel))}?mode=rw", uri=True, timeout=60)
+        uri = f"file:{urllib.parse.quote(os.path.join(state_dir, rel))}?mode=rw"  # never creates a database
+        source = sqlite3.connect(uri, uri=True, timeout=60)
         target = sqlite3.connect(dest)
         source.backup(target)
         check = target.execute("PRAGMA quick_check").fetchone()[0]
@@ -449,8 +452,8 @@ def backup(args: dict) -> dict:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    summary = {name: {key: bot[key] for key in ("method", "was_running", "stopped_seconds", "archive_size", "warnings",
-                                                 "skipped")} | {"files": sum(e["type"] == "file" for e in bot["entries"])}
+    keys = ("method", "was_running", "stopped_seconds", "archive_size", "warnings", "skipped")
+    summary = {name: {key: bot[key] for key in keys} | {"files": sum(e["type"] == "file" for e in bot["entries"])}
                for name, bot in manifest["bots"].items()}
     return {"bundle": bundle, "work": work, "bots": summary}
 

@@ -140,3 +140,8 @@ def test_task_results_and_failures_from_the_json_callback():
     assert runner.task_results(report_json, "Back up, archive") == {"vps1": {"stdout": "{}"},
                                                                     "vps2": {"failed": True, "msg": "boom"}}
     assert runner.host_failures(report_json) == {"vps2": "Back up, archive every bot: boom", "vps1": "Back up, fetch: gone"}
+
+
+def test_without_a_backup_the_bots_start_with_provisioning(faked):
+    assert rebuild.run(Path("inv"), "vps2", None) == 0
+    assert faked == ["provision vps2 []", "drift vps2"]

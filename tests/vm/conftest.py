@@ -1,114 +1,37 @@
-"""The provisioned VM the VM tests work on: molecule's, or one booted here.
+"""Fixtures of the VM tests (see vmlab.py for the lab they share); opt-in: BOTVPS_VM_TESTS=1.
 
-Opt-in: ``BOTVPS_VM_TESTS=1``. With ``BOTVPS_VM_NAME`` set (molecule's debian12 verifier sets both)
-the tests use that VM as molecule converged it, after tests/host ran on it. Without it they boot
-their own (``test-lab``, or ``BOTVPS_LAB_VM``; about 5 more minutes) and provision it the same way. Either way the
-inventory is molecule's: ``molecule/shared/group_vars`` (two bots, alpha and beta, with sentinel
-secrets in the vault; vault password ``molecule/shared/vault-password``) plus the VM's host
-variables from ``botvps.vm.inventory`` (as an operator would write them).
-
-    BOTVPS_VM_TESTS=1 .venv/bin/python -m pytest tests/vm -v -s
+Helpers live in vmlab.py, not here: molecule's verifier runs these modules in one pytest session
+with tests/host, whose conftest module would shadow this one for ``from conftest import``.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from vmlab import (DISPOSABLE_PREFIXES, LAB_VM, PASSWORD_FILE, Lab, log, sntp_server, sync_clock, vault_values,
+                   write_inventory)
 
 from botvps import provision
-from botvps import secrets as vault
-from botvps.paths import PROJECT_ROOT
-from botvps.vm import inventory, machine
-
-MOLECULE_SHARED = PROJECT_ROOT / "molecule" / "shared"
-PASSWORD_FILE = MOLECULE_SHARED / "vault-password"
-# "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over.
-LAB_VM = os.environ.get("BOTVPS_LAB_VM", "test-lab")
-DISPOSABLE_PREFIXES = ("molecule-", "test-")  # the only VMs a test may destroy
+from botvps.vm import machine
 
 
-@dataclass
-class Lab:
-    vm: machine.VM
-    inventory: Path
-    password_file: Path
-    secrets: list[str]  # every secret value in the vault: none may appear in any output
-    bots: list[str]
-    tmp: Path
-    owned: bool  # booted by these tests (else molecule's)
-
-    def console(self, command: str, check: bool = True, timeout: float = 180.0) -> str:
-        result = self.vm.console().run(command, timeout=timeout)
-        if check and result.exit_code != 0:
-            raise AssertionError(f"console: {command!r} exited {result.exit_code}: {result.stderr or result.stdout}")
-        return result.stdout
-
-    def fresh_rate_limit(self) -> None:
-        """Forget ufw's per-source SSH counts (6 new connections per 30 s): each run is judged on its own."""
-        self.console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
-
-    def leaked(self, text: str) -> list[str]:
-        """The vault's secret values found in ``text`` (shown masked)."""
-        return [value[:2] + "..." for value in self.secrets if value and value in text]
+# The order these modules run in, after every other test of the session: molecule's verifier passes them
+# together with tests/host (in an order of its own), and the rebuild test destroys the VM the others check.
+LAST = ("test_drift_vm.py", "test_rebuild_vm.py")
 
 
-def write_inventory(vm: machine.VM, directory: Path) -> Path:
-    """Molecule's inventory for ``vm``: its host variables here, molecule's group_vars (bots, vault) linked."""
-    # molecule's group_vars give the admin key as admin_key_files: the same key again in admin_keys would be a second line.
-    inventory.write(vm, directory, {"admin_keys": []})
-    link = directory / "group_vars"
-    if not link.exists():
-        link.symlink_to(MOLECULE_SHARED / "group_vars")
-    return directory
+def pytest_collection_modifyitems(session, config, items) -> None:
+    here = Path(__file__).resolve().parent
 
+    def rank(item) -> int:
+        path = Path(str(item.fspath)).resolve()
+        return LAST.index(path.name) + 1 if path.parent == here and path.name in LAST else 0
 
-def vault_values() -> list[str]:
-    variables = vault.load_vault(MOLECULE_SHARED / "group_vars" / "all" / "vault.yml",
-                                 vault.read_password_file(PASSWORD_FILE))
-    found: list[str] = []
-
-    def walk(value: object) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                walk(item)
-        elif value is not None and len(str(value)) >= 6:
-            found.append(str(value))
-
-    walk(variables)
-    return found
-
-
-def _sntp():
-    """The tests' NTP stand-in on the controller's 127.0.0.1:123 (10.0.2.2 in the VM); None when taken."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "host"))
-    from sntp import SNTPServer
-
-    try:
-        return SNTPServer().__enter__()
-    except OSError:  # another test (or engineer) serves it already: the VM can use that one
-        return None
-
-
-def sync_clock(lab: Lab, timeout: float = 90) -> None:
-    lab.console("systemctl restart systemd-timesyncd")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lab.console("timedatectl show -p NTPSynchronized --value", check=False).strip() == "yes":
-            return
-        time.sleep(3)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    items.sort(key=rank)  # stable: everything else keeps its order
 
 
 @pytest.fixture(scope="session")
@@ -117,7 +40,7 @@ def lab(tmp_path_factory) -> Iterator[Lab]:
         pytest.skip("set BOTVPS_VM_TESTS=1 to run the VM tests")
     name = os.environ.get("BOTVPS_VM_NAME")
     tmp = tmp_path_factory.mktemp("vm-lab")
-    sntp = _sntp()
+    sntp = sntp_server()
     started = time.monotonic()
     owned = not name
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import Lab
+from vmlab import Lab
 
 from botvps.paths import PROJECT_ROOT
 
