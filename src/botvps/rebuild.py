@@ -169,12 +169,12 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
             Path(report_file).write_text(json.dumps({**record, "seconds": seconds, "exit": code}, indent=1))
         return code
 
-    # 1. Nothing is contacted until the inventory and the backup are known good.
-    try:
-        hosts = validate.load_inventory(inventory, vault_password_file)
-    except validate.InventoryError as err:
-        print(validate.format_problems(err.problems), file=sys.stderr)
-        return finish(err.exit_code)
+    # 1. Nothing is changed until the inventory and the backup are known good.
+    code, problems = validate.check(inventory, vault_password_file)
+    if code != validate.EXIT_OK:
+        print(f"{problems}\nrebuild: nothing was changed.", file=sys.stderr)
+        return finish(2)
+    hosts = validate.load_inventory(inventory, vault_password_file)
     if host not in hosts:
         print(f"rebuild: {host} is not in the inventory {inventory} (hosts: {', '.join(sorted(hosts))}). Put the new "
               "server there first: change the dead host's ansible_host and static_ipv4 to the new server's, or add it "

@@ -73,6 +73,7 @@ def faked(monkeypatch, tmp_path):
     calls: list[str] = []
     hosts = {"vps2": {"static_ipv4": "198.51.100.7", "ansible_host": "198.51.100.7", "bots": BOTS[:2]}}
     monkeypatch.setattr(rebuild.validate, "load_inventory", lambda inv, pw=None: hosts)
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (0, "ok"))
 
     class FakeBackup:
         directory = tmp_path / "backups" / "vps1" / "s1"
@@ -145,3 +146,12 @@ def test_task_results_and_failures_from_the_json_callback():
 def test_without_a_backup_the_bots_start_with_provisioning(faked):
     assert rebuild.run(Path("inv"), "vps2", None) == 0
     assert faked == ["provision vps2 []", "drift vps2"]
+
+
+def test_an_invalid_inventory_stops_the_rebuild(faked, monkeypatch, capsys):
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (
+        1, "vps2: bots.beta.state_sqlite[0]: '/x.db' is absolute -> give the database's path relative to ..."))
+    assert rebuild.run(Path("inv"), "vps2", Path("backups")) == 2
+    assert faked == []
+    err = capsys.readouterr().err
+    assert "bots.beta.state_sqlite[0]" in err and "nothing was changed" in err
