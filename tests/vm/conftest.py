@@ -1,7 +1,7 @@
 """Fixtures of the VM tests (see vmlab.py for the lab they share); opt-in: BOTVPS_VM_TESTS=1.
 
-Helpers live in vmlab.py, not here: molecule's verifier runs these modules in one pytest session
-with tests/host, whose conftest module would shadow this one for ``from conftest import``.
+molecule's verifier runs these modules in one pytest session with tests/host: tests/vm is a package
+(its conftest is ``vm.conftest``), so neither directory's ``from conftest import`` sees the other's.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmlab import (DISPOSABLE_PREFIXES, LAB_VM, PASSWORD_FILE, Lab, log, sntp_server, sync_clock, vault_values,
-                   write_inventory)
 
 from botvps import provision
 from botvps.vm import machine
+
+from .vmlab import (DISPOSABLE_PREFIXES, LAB_VM, PASSWORD_FILE, Lab, log, sntp_server, sync_clock, vault_values,
+                   write_inventory)
 
 
 # The order these modules run in, after every other test of the session: molecule's verifier passes them
@@ -24,6 +25,7 @@ from botvps.vm import machine
 LAST = ("test_drift_vm.py", "test_rebuild_vm.py")
 
 
+@pytest.hookimpl(trylast=True)  # after tests/host's own ordering (its fault drills run late too)
 def pytest_collection_modifyitems(session, config, items) -> None:
     here = Path(__file__).resolve().parent
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vmlab import Lab
 
 from botvps.paths import PROJECT_ROOT
+
+from .vmlab import Lab
 
 pytestmark = [pytest.mark.vm]
 

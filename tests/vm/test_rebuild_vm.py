@@ -31,12 +31,13 @@ import time
 from pathlib import Path
 
 import pytest
-from vmlab import Lab, log, write_inventory
 
 from botvps import backup as backups
 from botvps import rebuild
 from botvps.paths import PROJECT_ROOT
 from botvps.vm import machine
+
+from .vmlab import Lab, log, write_inventory
 
 pytestmark = [pytest.mark.vm]
 
