@@ -55,13 +55,9 @@ class Lab:
 
 
 def write_inventory(vm: machine.VM, directory: Path) -> Path:
-    """Molecule's inventory for ``vm``: its host variables here, molecule's group_vars (bots, vault) linked."""
+    """Molecule's inventory for ``vm``: its host variables, and a copy of molecule's group_vars (bots, vault)."""
     # molecule's group_vars give the admin key as admin_key_files: admin_keys too would make it a second line.
-    inventory.write(vm, directory, {"admin_keys": []})
-    link = directory / "group_vars"
-    if not link.exists():
-        link.symlink_to(MOLECULE_SHARED / "group_vars")
-    return directory
+    return inventory.write(vm, directory, {"admin_keys": []}, group_vars=MOLECULE_SHARED / "group_vars")
 
 
 def vault_values() -> list[str]:
