@@ -47,6 +47,7 @@ from typing import IO, Any
 FORMAT = 1
 STATE_ROOT = "/var/lib/botvps"
 WORK_DIR = STATE_ROOT + "/.restore"  # staging directories and restore markers; root only, bots never see it
+TMP_DIR = "/var/tmp"  # backup bundles on their way out, uploads on their way in (removed when done)
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 SPOOL_MAX = 16 << 20  # file copies larger than this spool to disk, not memory
@@ -272,7 +273,7 @@ def _tarinfo(rel: str, st: os.stat_result) -> tuple[tarfile.TarInfo, dict]:
 
 def _add_file(tar: tarfile.TarFile, info: tarfile.TarInfo, entry: dict, source: IO[bytes]) -> None:
     """Copy ``source`` to a spool while hashing it, then into the archive: size and hash always agree."""
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX, dir="/var/tmp") as spool:
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MAX, dir=TMP_DIR) as spool:
         digest, size = sha256_stream(source, spool)
         spool.seek(0)
         info.type, info.size = tarfile.REGTYPE, size
@@ -421,9 +422,30 @@ def backup_bot(bot: dict, work: str) -> dict:
     return result
 
 
+def remove_stale(pattern: str, older_than: float = 3600.0, now_: float | None = None) -> list[str]:
+    """Remove what interrupted runs left (``pattern``, e.g. /var/tmp/botvps-backup-*) older than an hour."""
+    import glob
+
+    removed = []
+    limit = (now_ or time.time()) - older_than
+    for path in glob.glob(pattern):
+        try:
+            if os.lstat(path).st_mtime >= limit:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed.append(path)
+        except OSError:
+            continue
+    return removed
+
+
 def backup(args: dict) -> dict:
     """Back up every bot in ``args["bots"]``; one bundle for the controller to fetch."""
-    work = tempfile.mkdtemp(prefix="botvps-backup-", dir="/var/tmp")
+    remove_stale(f"{TMP_DIR}/botvps-backup-*")
+    work = tempfile.mkdtemp(prefix="botvps-backup-", dir=TMP_DIR)
     try:
         manifest: dict[str, Any] = {"format": FORMAT, "host": args["host"], "static_ipv4": args.get("static_ipv4", ""),
                                     "created": now(), "bots": {}}
@@ -579,6 +601,7 @@ def wait_active(units: list[str], timeout: float = 20.0, sleep: Callable[[float]
 def restore(args: dict) -> dict:
     """Verify the bundle, then restore each planned bot's state and start the bots."""
     bundle, backup_id = args["bundle"], args["backup_id"]
+    remove_stale(f"{TMP_DIR}/botvps-restore-*.tar")  # uploads an interrupted run left (not this one: it is new)
     try:
         with _open_bundle(bundle) as tar:
             raw = _member(tar, MANIFEST, bundle).read()
@@ -595,7 +618,7 @@ def restore(args: dict) -> dict:
                 if entry is None:
                     raise StateError(f"{MANIFEST}: has no bot {bot['name']}")
                 bot_ids(bot["user"])
-                spool = tempfile.TemporaryFile(dir="/var/tmp")  # noqa: SIM115 - closed below
+                spool = tempfile.TemporaryFile(dir=TMP_DIR)  # noqa: SIM115 - closed below
                 sha256_stream(_member(tar, entry["archive"], bundle), spool)
                 verified[bot["name"]] = verify_archive(spool, entry, entry["archive"])
                 archives[bot["name"]] = spool

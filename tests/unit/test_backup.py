@@ -376,3 +376,16 @@ def test_the_host_script_prints_one_json_error_line(capsys):
     assert statehost.main(["restore", json.dumps({"bundle": "/nonexistent", "backup_id": "x", "manifest_sha256": "x",
                                                   "bots": []})]) == 1
     assert "error" in json.loads(capsys.readouterr().out)
+
+
+def test_leftovers_of_interrupted_runs_are_removed_after_an_hour(tmp_path):
+    old_dir, new_dir = tmp_path / "botvps-backup-old", tmp_path / "botvps-backup-new"
+    old_file = tmp_path / "botvps-backup-x"
+    old_dir.mkdir()
+    (old_dir / "bundle.tar").write_bytes(b"x")
+    new_dir.mkdir()
+    old_file.write_bytes(b"x")
+    for path in (old_dir, old_file):
+        os.utime(path, (1000, 1000))
+    removed = statehost.remove_stale(str(tmp_path / "botvps-backup-*"), now_=1000 + 7200)
+    assert sorted(removed) == sorted([str(old_dir), str(old_file)]) and new_dir.exists()
