@@ -8,12 +8,14 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from botvps import audit
+from botvps import backup as backup_module
 from botvps import demo as demo_module
 from botvps import drift as drift_module
 from botvps import provision as provision_module
-from botvps.report import command as report_command
+from botvps import rebuild as rebuild_module
 from botvps import secrets as secrets_module
 from botvps import testing
+from botvps.report import command as report_command
 from botvps.vm import cli as vm_cli
 
 
@@ -132,6 +134,30 @@ def drift_history(c, host=None):
 drift = Collection("drift", drift_check, drift_schedule, drift_history)
 
 
+@task(name="backup", help={"bot": "only this bot", "host": "only this host",
+                           "out": "backup directory (default backups/)", "inventory": "inventory directory",
+                           "vault_password_file": "file with the vault password"})
+def bots_backup(c, bot=None, host=None, out="backups", inventory="inventory", vault_password_file=None):
+    """Copy each bot's state to OUT/HOST/STAMP with checksums (graceful stop, or online SQLite copy); no secrets."""
+    _exit(backup_module.run(Path(inventory), bot=bot, host=host, out=Path(out),
+                            vault_password_file=vault_password_file))
+
+
+bots = Collection("bots", bots_backup)
+
+
+@task(help={"host": "the replacement server's inventory host (its ansible_host and static_ipv4 already updated)",
+            "restore_from": "backup directory (OUT/HOST/STAMP, or OUT/HOST for its newest)",
+            "inventory": "inventory directory", "vault_password_file": "file with the vault password",
+            "force_restore": "restore even bots already restored from this backup (their newer state is lost)",
+            "report": "also write a JSON report here"})
+def rebuild(c, host, restore_from=None, inventory="inventory", vault_password_file=None, force_restore=False,
+            report=None):
+    """Provision a replacement server, restore the bots' state, start them, check drift, print the new IP steps."""
+    _exit(rebuild_module.run(Path(inventory), host, Path(restore_from) if restore_from else None, vault_password_file,
+                             force_restore, Path(report) if report else None))
+
+
 vm = Collection("vm")
 for name, fn in {"up": vm_up, "down": vm_down, "list": vm_list, "ssh": vm_ssh, "console": vm_console}.items():
     vm.add_task(fn, name=name)
@@ -140,4 +166,4 @@ secrets = Collection("secrets")
 secrets.add_task(secrets_set, name="set")
 secrets.add_task(secrets_list, name="list")
 
-ns = Collection(provision, demo, test, audit_keys, report, vm, secrets, drift)
+ns = Collection(provision, rebuild, demo, test, audit_keys, report, vm, secrets, drift, bots)

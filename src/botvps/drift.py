@@ -820,17 +820,7 @@ def run_playbook(inventory: Path, limit: str | None, vault_password_file: str | 
     with tempfile.TemporaryDirectory(prefix="botvps-drift-") as tmp:
         extra = Path(tmp) / "extra.yml"
         extra.write_text(extra_vars())
-        command = ["ansible-playbook", "-i", str(inventory), str(PLAYBOOK), *ansible_args(limit, vault_password_file),
-                   "-e", f"@{extra}"]
-        env = runner.environment({"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_JSON_INDENT": "0",
-                                  "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"})
-        result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
-    # The callback prints one JSON line (indent 0) at the end; anything else is a warning.
-    documents = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    try:
-        return json.loads(documents[-1]), result.stderr
-    except (ValueError, IndexError):
-        return None, (result.stderr + result.stdout)[-2000:]
+        return runner.json_playbook(PLAYBOOK, inventory, [*ansible_args(limit, vault_password_file), "-e", f"@{extra}"])
 
 
 def check(inventory: Path, limit: str | None = None, vault_password_file: str | None = None,

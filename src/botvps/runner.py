@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -87,3 +88,43 @@ def summary(result: PlaybookResult, title: str) -> str:
     for host, row in sorted(result.recap.items()):
         rows.append(f"  {host:30} {row['ok']:>4} {row['changed']:>8} {row['unreachable']:>12} {row['failed']:>7}")
     return "\n".join(rows)
+
+
+# The JSON callback, one line at the end (indent 0); anything before it is a warning.
+JSON_CALLBACK_ENV = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_JSON_INDENT": "0",
+                     "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"}
+
+
+def json_playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | None = None,
+                  env: dict[str, str] | None = None) -> tuple[dict | None, str]:
+    """ansible-playbook with the JSON callback: (its report, None when it printed none; stderr or output tail)."""
+    command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment({**JSON_CALLBACK_ENV, **(env or {})}),
+                            capture_output=True, text=True)
+    documents = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    try:
+        return json.loads(documents[-1]), result.stderr
+    except (ValueError, IndexError):
+        return None, (result.stderr + result.stdout)[-2000:]
+
+
+def task_results(report: dict, task_prefix: str) -> dict[str, dict]:
+    """Per host, the result of the last task whose name starts with ``task_prefix`` (JSON callback report)."""
+    found: dict[str, dict] = {}
+    for play in report.get("plays") or []:
+        for task in play.get("tasks") or []:
+            if str((task.get("task") or {}).get("name", "")).startswith(task_prefix):
+                found.update(task.get("hosts") or {})
+    return found
+
+
+def host_failures(report: dict) -> dict[str, str]:
+    """Per host, the first task that failed or found it unreachable: "task: message"."""
+    failures: dict[str, str] = {}
+    for play in report.get("plays") or []:
+        for task in play.get("tasks") or []:
+            name = (task.get("task") or {}).get("name", "?")
+            for host, result in (task.get("hosts") or {}).items():
+                if host not in failures and (result.get("failed") or result.get("unreachable")):
+                    failures[host] = f"{name}: {result.get('msg') or result.get('stderr') or 'failed'}"
+    return failures

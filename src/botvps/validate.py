@@ -79,6 +79,7 @@ BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "key_audit": {"type": "bool", "default": True},
     "key_audit_fail_open": {"type": "bool", "default": False},
     "exchange_base_url": {"type": "str"},
+    "state_sqlite": {"type": "list", "elements": "str", "default": []},
 }
 
 # Variables botvps reads that belong to no role.
@@ -945,6 +946,7 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
         if "timeout_stop_sec" in bot and timeout is not None and timeout <= 0:
             problems.append(Problem(host, f"{field}.timeout_stop_sec", f"{timeout} is not a positive number of "
                                     "seconds", "give the seconds the bot may take to stop, e.g. 30"))
+        problems += _check_bot_state_sqlite(host, field, bot.get("state_sqlite"), ctx)
         url = bot.get("exchange_base_url")
         if isinstance(url, str) and not is_templated(url):
             parsed = urllib.parse.urlsplit(url)
@@ -953,6 +955,32 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
                 problems.append(Problem(host, f"{field}.exchange_base_url", f"{_show(url, ctx)} is not an "
                                         "http(s)://host[:port] URL", "give scheme and host only, e.g. "
                                         "https://api.binance.com, or null for the exchange's default"))
+    return problems
+
+
+def state_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside a bot's state directory (None when it can)."""
+    if not path:
+        return "is empty"
+    if "\x00" in path:
+        return "contains a NUL character"
+    if path.startswith("/"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in path.rstrip("/").split("/")) or path.endswith("/"):
+        return "has an empty, '.' or '..' component"
+    return None
+
+
+def _check_bot_state_sqlite(host: str, field: str, paths: Any, ctx: Context) -> list[Problem]:
+    problems = []
+    for index, path in enumerate(paths if isinstance(paths, list) else []):
+        if not isinstance(path, str) or is_templated(path):
+            continue
+        why = state_path_problem(path)
+        if why:
+            problems.append(Problem(host, f"{field}.state_sqlite[{index}]", f"{_show(path, ctx)} {why}",
+                                    "give the database's path relative to the bot's state directory "
+                                    "/var/lib/botvps/NAME, e.g. tradesv3.sqlite or data/bot.db"))
     return problems
 
 

@@ -365,6 +365,12 @@ CASES = [
          "not a positive number", "e.g. 30"),
     Case("bot-base-url", bot("web1", exchange_base_url="ftp://api.binance.com/v3"), "web1",
          "bots.alpha.exchange_base_url", "is not an http(s)://host[:port] URL", "https://api.binance.com"),
+    Case("bot-state-sqlite-escapes", bot("web1", state_sqlite=["../../etc/shadow"]), "web1", "bots.alpha.state_sqlite[0]",
+         "has an empty, '.' or '..' component", "relative to the bot's state directory"),
+    Case("bot-state-sqlite-absolute", bot("web1", state_sqlite=["/var/lib/botvps/alpha/t.db"]), "web1",
+         "bots.alpha.state_sqlite[0]", "is absolute", "e.g. tradesv3.sqlite"),
+    Case("type-bot-state-sqlite", bot("web1", state_sqlite="trades.db"), "web1", "bots.alpha.state_sqlite",
+         "must be a YAML list", "["),
     # --- static_ipv4
     Case("ip-invalid", hv("web1", static_ipv4="95.216.10.300"), "web1", "static_ipv4", "is not an IP address",
          "public IPv4 address"),

@@ -1,124 +1,44 @@
-"""`invoke drift` against a real provisioned VM: proven read-only, and drills it must name.
+"""`invoke drift` against a real provisioned VM: drills it must name, and proof that it writes nothing.
 
-One VM for the whole module (booted, provisioned with one bot, always torn down). Run with::
+The VM and its inventory come from tests/vm/conftest.py: molecule's debian12 VM after tests/host
+(in CI), or one booted for the session. Run standalone with::
 
     BOTVPS_VM_TESTS=1 .venv/bin/python -m pytest tests/vm/test_drift_vm.py -v -s
 
-- read-only: the sha256 (and mode, owner, size, mtime) of every file and directory under the
-  configuration directories is read through the guest agent (out of band) before and after a
-  drift run, and a real provisioning run afterwards changes nothing (changed=0).
 - drills: six changes made through the console (sshd drop-in with passwords, an unmarked ufw
   rule, a stray admin key, a stopped bot, a world-readable secrets file, a static_ipv4 that is
   not the primary address); one drift run must exit 1 and name each of them; all are undone.
-  The drills share one drift run: on an emulated 2-core host a run takes minutes, six would not
-  fit the module's time budget.
+  The drills share one drift run: on an emulated 2-core host a run takes minutes.
+- read-only: the sha256 (and mode, owner, size, mtime) of every file and directory under the
+  configuration directories is read through the guest agent (out of band) right before and right
+  after that drift run: it must change nothing, drills and all.
+- that a freshly provisioned host has no drift is shown by the rebuild test (tests/vm/test_rebuild_vm.py),
+  whose replacement server must come out of its drift check clean.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 import shlex
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from botvps import provision
-from botvps import secrets as vault
 from botvps.paths import PROJECT_ROOT
-from botvps.vm import inventory, machine
 
-pytestmark = [
-    pytest.mark.vm,
-    pytest.mark.skipif(os.environ.get("BOTVPS_VM_TESTS") != "1", reason="set BOTVPS_VM_TESTS=1 to boot a VM"),
-]
+from .vmlab import Lab
 
-VM_NAME = "test-drift"  # "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over
+pytestmark = [pytest.mark.vm]
+
 WATCHED = ["/etc/ssh", "/etc/ufw", "/etc/fail2ban", "/etc/apt/apt.conf.d", "/etc/systemd/system", "/etc/botvps"]
 STRAY_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgdkdGmoJlkZcd8O stray@drill"
 DRILL_IPV4 = "10.0.2.99"
-# Genuinely pending on a fresh image (built from the release, its security updates come later).
-BASELINE_ALLOWED = {"security-updates", "reboot-required"}
-
-
-@dataclass
-class Lab:
-    vm: machine.VM
-    inventory: Path
-    password_file: Path
-    secret: str
-    bots: list[str]
-    tmp: Path
-
-    def console(self, command: str, check: bool = True, timeout: float = 180.0) -> str:
-        result = self.vm.console().run(command, timeout=timeout)
-        if check and result.exit_code != 0:
-            raise AssertionError(f"console: {command!r} exited {result.exit_code}: {result.stderr or result.stdout}")
-        return result.stdout
-
-    def fresh_rate_limit(self) -> None:
-        """Forget ufw's per-source SSH counts (6 new connections per 30 s): each run is judged on its own."""
-        self.console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
-
-
-def _sntp():
-    """The tests' NTP stand-in on the controller's 127.0.0.1:123 (10.0.2.2 in the VM); None when taken."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "host"))
-    from sntp import SNTPServer
-
-    try:
-        return SNTPServer().__enter__()
-    except OSError:  # another test (or engineer) serves it already: the VM can use that one
-        return None
-
-
-def _bot_inventory(lab_dir: Path, secret: str) -> tuple[dict, Path]:
-    password_file = lab_dir / "vault-password"
-    password_file.write_text(secrets.token_hex(16) + "\n")
-    password_file.chmod(0o600)
-    (lab_dir / "inventory" / "group_vars" / "all").mkdir(parents=True)
-    vault.set_secret(lab_dir / "inventory" / "group_vars" / "all" / "vault.yml",
-                     vault.read_password_file(password_file), "alpha", "BINANCE_KEY", secret)
-    bots = [{"name": "alpha", "source": {"path": str(PROJECT_ROOT / "examples" / "simplebot")},
-             "command": ["python3", "bot.py"], "exchange": "none", "secrets": ["BINANCE_KEY"],
-             "environment": {"SIMPLEBOT_KEY_VAR": "BINANCE_KEY", "SIMPLEBOT_INTERVAL": "30"}}]
-    return {"bots": bots}, password_file
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    lab_dir = tmp_path_factory.mktemp("drift-lab")
-    secret = "drift-" + secrets.token_hex(12)
-    sntp = _sntp()
-    started = time.monotonic()
-    vm = machine.up(VM_NAME, suite="bookworm", log=lambda msg: print(msg, file=sys.stderr))
-    try:
-        extra, password_file = _bot_inventory(lab_dir, secret)
-        inv = inventory.write(vm, lab_dir / "inventory", extra)
-        result = provision.provision(inv, vault_password_file=str(password_file), echo=False)
-        assert result.returncode == 0, result.output[-3000:]
-        lab = Lab(vm, inv, password_file, secret, [b["name"] for b in extra["bots"]], lab_dir)
-        # Synchronise the clock from the stand-in NTP server, as the host tests do.
-        lab.console("systemctl restart systemd-timesyncd")
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if lab.console("timedatectl show -p NTPSynchronized --value", check=False).strip() == "yes":
-                break
-            time.sleep(3)
-        print(f"\nlab: booted and provisioned in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        yield lab
-    finally:
-        machine.down(VM_NAME)
-        if sntp is not None:
-            sntp.__exit__(None, None, None)
 
 
 def run_drift(lab: Lab, inv: Path | None = None, *extra: str) -> tuple[int, dict, str, float]:
@@ -154,55 +74,6 @@ def items(report: dict, check: str | None = None) -> list[dict]:
     return [i for i in host["items"] if check is None or i["check"] == check]
 
 
-# ---------------------------------------------------------------- read-only and clean
-
-
-@pytest.fixture(scope="module")
-def baseline(lab):
-    before = snapshot(lab)
-    assert len(before) > 50 and any(p.startswith("/etc/botvps/alpha/secrets.env") for p in before)
-    junit = lab.tmp / "drift.xml"
-    code, report, output, seconds = run_drift(lab, None, "--junit", str(junit))
-    after = snapshot(lab)
-    return {"before": before, "after": after, "code": code, "report": report, "output": output,
-            "seconds": seconds, "junit": junit}
-
-
-def test_drift_changes_no_file(baseline):
-    before, after = baseline["before"], baseline["after"]
-    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
-    assert changed == [], "\n".join(f"{p}: {before.get(p)} -> {after.get(p)}" for p in changed)
-
-
-def test_provisioning_after_drift_changes_nothing(lab, baseline):
-    lab.fresh_rate_limit()
-    result = provision.provision(lab.inventory, vault_password_file=str(lab.password_file), echo=False)
-    assert result.returncode == 0, result.output[-3000:]
-    assert result.recap[VM_NAME]["changed"] == 0, result.output[-5000:]
-
-
-def test_a_freshly_provisioned_host_has_no_drift(baseline):
-    report = baseline["report"]
-    print(f"\nbaseline drift run: exit {baseline['code']} in {baseline['seconds']:.0f} s: {json.dumps(report)}")
-    unexpected = [i for i in items(report) if i["check"] not in BASELINE_ALLOWED]
-    assert unexpected == []
-    assert baseline["code"] == (1 if items(report) else 0)
-    assert report["hosts"][0]["status"] == ("drifted" if items(report) else "clean")
-
-
-def test_no_secret_in_any_output(lab, baseline):
-    assert lab.secret not in baseline["output"]
-    assert lab.secret not in baseline["junit"].read_text()
-
-
-def test_junit_has_one_testcase_per_check(baseline):
-    root = ET.parse(baseline["junit"]).getroot()
-    [suite] = list(root.iter("testsuite"))
-    assert suite.get("name") == VM_NAME
-    names = [case.get("name") for case in suite.iter("testcase")]
-    assert names[:3] == ["settings", "verify", "ipv4"] and len(names) == len(set(names)) == 14
-
-
 # ---------------------------------------------------------------- drills
 
 
@@ -235,30 +106,54 @@ BOT_DRILLS = {"stopped-bot", "world-readable-secrets"}
 
 
 @pytest.fixture(scope="module")
-def drilled(lab, baseline):
-    """Make every drill's change through the console, run drift once, undo them all."""
+def drilled(lab):
+    """Make every drill's change through the console, run drift once (snapshots around it), undo them all."""
     dev = _default_dev(lab)
     active = {name: d for name, d in DRILLS.items() if lab.bots or name not in BOT_DRILLS}
     # The IPv4 drill: the host gets a second address, and the inventory names it as static_ipv4.
     drill_inv = lab.tmp / "drill-inventory"
     drill_inv.mkdir()
     hosts = yaml.safe_load((lab.inventory / "hosts.yml").read_text())
-    hosts["all"]["hosts"][VM_NAME]["static_ipv4"] = DRILL_IPV4
+    hosts["all"]["hosts"][lab.vm.name]["static_ipv4"] = DRILL_IPV4
     (drill_inv / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
     (drill_inv / "group_vars").symlink_to(lab.inventory / "group_vars")
+    junit = lab.tmp / "drift.xml"
     done = []
     try:
         for name, (make, _undo, _check, _words) in active.items():
             lab.console(make.format(dev=dev))
             done.append(name)
-        code, report, output, seconds = run_drift(lab, drill_inv)
+        before = snapshot(lab)
+        code, report, output, seconds = run_drift(lab, drill_inv, "--junit", str(junit))
+        after = snapshot(lab)
     finally:
         for name in reversed(done):
             lab.console(DRILLS[name][1].format(dev=dev), check=False)
     left = lab.console("ls /etc/ssh/sshd_config.d; ufw show added; grep -c stray@drill /home/ops/.ssh/authorized_keys; "
                        "ip -o -4 addr show; stat -c %a /etc/botvps/alpha/secrets.env; "
                        "systemctl is-active botvps-bot-alpha.service", check=False)
-    return {"code": code, "report": report, "output": output, "seconds": seconds, "left": left, "active": active}
+    return {"code": code, "report": report, "output": output, "seconds": seconds, "left": left, "active": active,
+            "before": before, "after": after, "junit": junit}
+
+
+def test_drift_changes_no_file(drilled):
+    before, after = drilled["before"], drilled["after"]
+    assert len(before) > 50 and any(p.startswith("/etc/botvps/alpha/secrets.env") for p in before)
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert changed == [], "\n".join(f"{p}: {before.get(p)} -> {after.get(p)}" for p in changed)
+
+
+def test_no_secret_in_any_output(lab, drilled):
+    assert lab.leaked(drilled["output"]) == []
+    assert lab.leaked(drilled["junit"].read_text()) == []
+
+
+def test_junit_has_one_testcase_per_check(lab, drilled):
+    root = ET.parse(drilled["junit"]).getroot()
+    [suite] = list(root.iter("testsuite"))
+    assert suite.get("name") == lab.vm.name
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert names[:3] == ["settings", "verify", "ipv4"] and len(names) == len(set(names)) == 14
 
 
 def test_drills_make_drift_exit_1(drilled, lab):
@@ -267,7 +162,6 @@ def test_drills_make_drift_exit_1(drilled, lab):
         print(f"  {item['check']:18} {item['detail']}")
     assert drilled["code"] == 1
     assert drilled["report"]["hosts"][0]["status"] == "drifted"
-    assert lab.secret not in drilled["output"]
 
 
 @pytest.mark.parametrize("name", list(DRILLS))

@@ -28,9 +28,14 @@ def _describe(vm: machine.VM) -> dict:
 
 
 def _down(args: argparse.Namespace) -> int:
-    names = machine.down_all(args.prefix or "") if args.all else [n for n in args.names if machine.down(n) or True]
-    for name in names:
-        print(f"stopped and removed {name}", file=sys.stderr)
+    """Stop and remove VMs; a VM that is already gone is not an error (molecule's destroy after a test destroyed it)."""
+    if args.all:
+        for name in machine.down_all(args.prefix or ""):
+            print(f"stopped and removed {name}", file=sys.stderr)
+        return 0
+    for name in args.names:
+        print(f"stopped and removed {name}" if machine.down(name) else f"{name}: not running (removed what was left)",
+              file=sys.stderr)
     return 0
 
 

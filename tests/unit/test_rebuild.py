@@ -1,0 +1,157 @@
+"""invoke rebuild: the restore plan, the whitelist steps, the drift verdict, and its order of steps (faked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from botvps import drift, rebuild, runner
+from botvps.statehost import StateError
+
+BOTS = [
+    {"name": "alpha", "exchange": "none"},
+    {"name": "beta", "exchange": "binance", "api_key_var": "BINANCE_KEY"},
+    {"name": "gamma", "exchange": "okx", "api_key_var": "OKX_KEY"},
+]
+
+
+def test_plan_restores_the_backed_up_bots_and_starts_the_others_empty():
+    result = rebuild.plan({"bots": {"alpha": {}, "beta": {}}}, "vps2", BOTS)
+    assert result.restore == ["alpha", "beta"] and result.fresh == ["gamma"] and result.problems == []
+
+
+def test_plan_refuses_a_backup_bot_the_new_host_does_not_declare():
+    result = rebuild.plan({"bots": {"alpha": {}, "delta": {}}}, "vps2", BOTS)
+    assert result.restore == ["alpha"]
+    [problem] = result.problems
+    assert "the backup has bot delta, which vps2 does not declare" in problem and "add it to vps2's bots" in problem
+
+
+def test_whitelist_steps_name_the_exchange_both_addresses_and_the_check():
+    lines = "\n".join(rebuild.whitelist_steps("vps2", "198.51.100.7", "203.0.113.10", BOTS))
+    assert "alpha: no exchange key (exchange: none): nothing to update" in lines
+    assert "beta (binance, the key in BINANCE_KEY): Binance: Account > API Management" in lines
+    assert "remove 203.0.113.10, add 198.51.100.7" in lines
+    assert "gamma (okx, the key in OKX_KEY): OKX:" in lines
+    assert "invoke audit-keys --host vps2 --bot beta" in lines and "invoke audit-keys --host vps2 --bot gamma" in lines
+
+
+def test_every_exchange_keyaudit_knows_has_whitelist_steps():
+    from botvps import validate
+
+    assert set(rebuild.WHITELIST_STEPS) == set(validate.EXCHANGES) - {"none"}
+
+
+def test_whitelist_steps_say_when_the_address_did_not_change():
+    lines = rebuild.whitelist_steps("vps1", "203.0.113.10", "203.0.113.10", BOTS[1:2])
+    assert "the backup's server had the same address" in lines[0]
+
+
+def report(*items: tuple[str, str]) -> list[drift.HostReport]:
+    host = drift.HostReport("vps2")
+    for check, detail in items:
+        host.add(check, detail)
+    return [host]
+
+
+def test_drift_verdict_clean_pending_updates_and_drift():
+    assert rebuild.drift_verdict(report()) == (0, "clean")
+    code, text = rebuild.drift_verdict(report(("security-updates", "2 pending: openssl")))
+    assert code == 0 and "pending Debian updates" in text and "openssl" in text
+    assert rebuild.drift_verdict(report(("security-updates", "x"), ("bot-services", "alpha not running")))[0] == 1
+    unreachable = drift.HostReport("vps2", unreachable="no route")
+    assert rebuild.drift_verdict([unreachable])[0] == 2
+
+
+# ---------------------------------------------------------------- the order of steps, with every step faked
+
+
+@pytest.fixture
+def faked(monkeypatch, tmp_path):
+    calls: list[str] = []
+    hosts = {"vps2": {"static_ipv4": "198.51.100.7", "ansible_host": "198.51.100.7", "bots": BOTS[:2]}}
+    monkeypatch.setattr(rebuild.validate, "load_inventory", lambda inv, pw=None: hosts)
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (0, "ok"))
+
+    class FakeBackup:
+        directory = tmp_path / "backups" / "vps1" / "s1"
+        manifest = {"bots": {"alpha": {}, "beta": {}}, "created": "2025-01-02T03:04:05Z"}
+        manifest_sha256 = "ab" * 32
+        host, static_ipv4 = "vps1", "203.0.113.10"
+
+    def load(path):
+        calls.append("load")
+        if "broken" in str(path):
+            raise StateError(f"{path}/beta.tar.gz: sha256 ... does not match the manifest")
+        return FakeBackup()
+
+    monkeypatch.setattr(rebuild.backups, "load", load)
+    monkeypatch.setattr(rebuild.backups, "verify", lambda b, bots: calls.append(f"verify {bots}") or {n: 2 for n in bots})
+
+    def provision(inventory, limit=None, vault_password_file=None, extra=None, echo=True):
+        calls.append(f"provision {limit} {extra}")
+        return runner.PlaybookResult(0, 1.0, {}, "")
+
+    monkeypatch.setattr(rebuild.provision, "provision", provision)
+    monkeypatch.setattr(rebuild, "_restore", lambda inv, host, b, bots, pw, force: calls.append(f"restore {bots}") or (
+        {"restored": {"alpha": 2, "beta": 2}, "kept": [], "units": {"botvps-bot-alpha.service": "active"}}, ""))
+    monkeypatch.setattr(rebuild.drift, "check", lambda inv, limit, pw: calls.append(f"drift {limit}") or report())
+    return calls
+
+
+def test_rebuild_verifies_then_provisions_held_then_restores_then_checks_drift(faked, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1", report_file=out)
+    assert code == 0
+    assert faked == ["load", "verify ['alpha', 'beta']", 'provision vps2 [\'-e\', \'{"bots_start": false}\']',
+                     "restore ['alpha', 'beta']", "drift vps2"]
+    text = capsys.readouterr().out
+    assert "new static IPv4: 198.51.100.7 (the backup's server had 203.0.113.10)" in text
+    assert "remove 203.0.113.10, add 198.51.100.7" in text
+    written = json.loads(out.read_text())
+    assert written["exit"] == 0 and set(written["seconds"]) >= {"provision", "restore", "drift", "total"}
+
+
+def test_a_corrupted_backup_stops_the_rebuild_before_anything_is_contacted(faked, tmp_path, capsys):
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "broken") == 2
+    assert faked == ["load"]
+    assert "beta.tar.gz: sha256" in capsys.readouterr().err
+
+
+def test_an_unknown_host_stops_the_rebuild(faked, capsys):
+    assert rebuild.run(Path("inv"), "vps9", None) == 2
+    assert faked == []
+    assert "vps9 is not in the inventory" in capsys.readouterr().err
+
+
+def test_a_bot_not_running_after_the_restore_fails_the_rebuild(faked, monkeypatch, tmp_path):
+    monkeypatch.setattr(rebuild, "_restore", lambda *a: (
+        {"restored": {"alpha": 2}, "kept": [], "units": {"botvps-bot-beta.service": "failed"}}, ""))
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups") == 1
+
+
+def test_task_results_and_failures_from_the_json_callback():
+    report_json = {"plays": [{"tasks": [
+        {"task": {"name": "Back up, archive every bot"}, "hosts": {"vps1": {"stdout": "{}"}, "vps2": {"failed": True,
+                                                                                                       "msg": "boom"}}},
+        {"task": {"name": "Back up, fetch"}, "hosts": {"vps1": {"unreachable": True, "msg": "gone"}}},
+    ]}]}
+    assert runner.task_results(report_json, "Back up, archive") == {"vps1": {"stdout": "{}"},
+                                                                    "vps2": {"failed": True, "msg": "boom"}}
+    assert runner.host_failures(report_json) == {"vps2": "Back up, archive every bot: boom", "vps1": "Back up, fetch: gone"}
+
+
+def test_without_a_backup_the_bots_start_with_provisioning(faked):
+    assert rebuild.run(Path("inv"), "vps2", None) == 0
+    assert faked == ["provision vps2 []", "drift vps2"]
+
+
+def test_an_invalid_inventory_stops_the_rebuild(faked, monkeypatch, capsys):
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (
+        1, "vps2: bots.beta.state_sqlite[0]: '/x.db' is absolute -> give the database's path relative to ..."))
+    assert rebuild.run(Path("inv"), "vps2", Path("backups")) == 2
+    assert faked == []
+    err = capsys.readouterr().err
+    assert "bots.beta.state_sqlite[0]" in err and "nothing was changed" in err
