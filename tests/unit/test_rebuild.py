@@ -73,7 +73,7 @@ def faked(monkeypatch, tmp_path):
     calls: list[str] = []
     hosts = {"vps2": {"static_ipv4": "198.51.100.7", "ansible_host": "198.51.100.7", "bots": BOTS[:2]}}
     monkeypatch.setattr(rebuild.validate, "load_inventory", lambda inv, pw=None: hosts)
-    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (0, "ok"))
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None, reach=True: (0, "ok"))
 
     class FakeBackup:
         directory = tmp_path / "backups" / "vps1" / "s1"
@@ -149,7 +149,7 @@ def test_without_a_backup_the_bots_start_with_provisioning(faked):
 
 
 def test_an_invalid_inventory_stops_the_rebuild(faked, monkeypatch, capsys):
-    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None: (
+    monkeypatch.setattr(rebuild.validate, "check", lambda inv, pw=None, reach=True: (
         1, "vps2: bots.beta.state_sqlite[0]: '/x.db' is absolute -> give the database's path relative to ..."))
     assert rebuild.run(Path("inv"), "vps2", Path("backups")) == 2
     assert faked == []
