@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import time
@@ -31,6 +32,7 @@ pytestmark = [
 VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
 FILL = "/var/tmp/botvps-drill-fill"
 DROP_IN = "/etc/ssh/sshd_config.d/00-botvps.conf"
+TMP_PREFIX = ".botvps-tmp-"  # botvps.infra.files' temporary files
 CRASHER = 'raise SystemExit("drill: this bot crashes at start")\n'
 LOCK_HOLDER = (
     "import fcntl, time\n"
@@ -132,7 +134,8 @@ def test_a_crash_looping_bot_is_stopped_by_its_start_limit_and_reported(lab):
 
 def test_a_nearly_full_disk_stops_provisioning_before_any_change(lab):
     lab.console(f"printf '# drill: changed by hand\\n' >> {DROP_IN}")
-    watched = f"{DROP_IN} /etc/ufw/user.rules /etc/fail2ban/jail.d/* /etc/apt/apt.conf.d/52botvps-unattended-upgrades"
+    watched = (f"{DROP_IN} /home/ops/.ssh/authorized_keys /etc/ufw/user.rules /etc/fail2ban/jail.d/* "
+               "/etc/apt/apt.conf.d/52botvps-unattended-upgrades")
     before = lab.sums(watched)
     try:
         # Leave 20 MB free on / (and /var, the same filesystem here).
@@ -143,14 +146,20 @@ def test_a_nearly_full_disk_stops_provisioning_before_any_change(lab):
         assert all(row["changed"] == 0 for row in result.recap.values()), result.recap
         assert lab.sums(watched) == before
 
-        # With the check turned off and under 1 MB left, the config writer refuses whole files:
-        # the drop-in it had to rewrite is still the old one, byte for byte, and no temp file is left.
+        # With the check turned off and under 1 MB left, the config writer refuses whole files: the
+        # first role that has a file to rewrite (the admin's authorized_keys when this inventory
+        # differs from the one the VM was provisioned with, else the ssh drop-in) stops the run;
+        # every file is still the old one, byte for byte, and no temp file is left.
         lab.console(f"avail=$(df -Pk / | awk 'NR==2 {{print $4}}'); fallocate -l $(( (avail - 400) * 1024 )) {FILL}-2")
         result = lab.provision(packages_min_free_mb=0, packages_cache_valid_time=864000)
         assert result.returncode != 0
-        assert "not enough free space" in result.output and DROP_IN in result.output, result.output[-3000:]
+        refused = re.search(r"not enough free space for ([^:]+):", result.output)
+        assert refused, result.output[-3000:]
+        assert all(path in watched for path in refused.group(1).split(", ")), refused.group(0)
         assert lab.sums(watched) == before
         assert lab.console("ls -A /etc/ssh/sshd_config.d/").stdout.split() == ["00-botvps.conf", "50-cloud-init.conf"]
+        leftovers = lab.console(f"find /etc /home/ops -name '{TMP_PREFIX}*'", check=False).stdout.strip()
+        assert leftovers == "", leftovers
     finally:
         lab.console(f"rm -f {FILL} {FILL}-2")
 
