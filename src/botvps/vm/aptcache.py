@@ -66,16 +66,6 @@ def ensure(log=print) -> str:
     raise AptCacheError(f"apt-cacher-ng did not start: {(result.stderr or result.stdout).strip()[-500:]}")
 
 
-def stop() -> bool:
-    pid_file = directory() / "run" / "pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 15)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def guest_command(url: str) -> str:
     """The root shell command that points a guest's apt at the cache."""
     return f"printf 'Acquire::http::Proxy \"%s\";\\n' '{url}' > {GUEST_CONF}"
