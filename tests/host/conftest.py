@@ -12,7 +12,12 @@ import time
 
 import pytest
 
+from botvps.paths import PROJECT_ROOT
 from botvps.vm import machine
+
+# molecule's inventory for the lab VMs: two bots (alpha, beta) with sentinel secrets in the vault.
+LAB_GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
+LAB_VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
 
 
 def pytest_configure(config: pytest.Config) -> None:

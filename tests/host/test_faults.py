@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD, wait_until
 
 from botvps import drift, provision, runner
 from botvps.paths import PROJECT_ROOT
@@ -29,7 +29,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("BOTVPS_FAULT_DRILLS") != "1", reason="set BOTVPS_FAULT_DRILLS=1 for fault drills"),
 ]
 
-VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
 FILL = "/var/tmp/botvps-drill-fill"
 DROP_IN = "/etc/ssh/sshd_config.d/00-botvps.conf"
 TMP_PREFIX = ".botvps-tmp-"  # botvps.infra.files' temporary files
@@ -55,15 +54,15 @@ class Lab:
 
     def provision(self, **overrides) -> runner.PlaybookResult:
         self.unlimit()
-        inv = inventory.write(self.vm, self.inventory, overrides, group_vars=GROUP_VARS)
-        return provision.provision(inv, vault_password_file=VAULT_PASSWORD, echo=False)
+        inv = inventory.write(self.vm, self.inventory, overrides, group_vars=LAB_GROUP_VARS)
+        return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, echo=False)
 
     def start(self, name: str) -> tuple[subprocess.Popen, Path]:
         """A provision in the background (its own process group, so it can be killed whole)."""
         self.unlimit()
-        inv = inventory.write(self.vm, self.inventory, group_vars=GROUP_VARS)
+        inv = inventory.write(self.vm, self.inventory, group_vars=LAB_GROUP_VARS)
         log = self.logs / f"{name}.log"
-        command = ["ansible-playbook", "-i", str(inv), str(provision.SITE), "--vault-password-file", VAULT_PASSWORD]
+        command = ["ansible-playbook", "-i", str(inv), str(provision.SITE), "--vault-password-file", LAB_VAULT_PASSWORD]
         with log.open("w") as out:
             env = runner.environment({"PYTHONUNBUFFERED": "1"})
             process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=out,
@@ -78,9 +77,6 @@ class Lab:
 
     def write(self, path: str, text: str) -> None:
         self.console(f"echo {base64.b64encode(text.encode()).decode()} | base64 -d > {path}")
-
-
-GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -124,8 +120,8 @@ def test_a_crash_looping_bot_is_stopped_by_its_start_limit_and_reported(lab):
     assert lab.active("botvps-bot-beta") == "active"
     # Drift names it (settings and live checks; the verification suite is not needed for this).
     lab.unlimit()
-    inv = inventory.write(lab.vm, lab.inventory, group_vars=GROUP_VARS)
-    reports = drift.check(inv, vault_password_file=VAULT_PASSWORD, suite=False)
+    inv = inventory.write(lab.vm, lab.inventory, group_vars=LAB_GROUP_VARS)
+    reports = drift.check(inv, vault_password_file=LAB_VAULT_PASSWORD, suite=False)
     assert drift.exit_code(reports) == 1, drift.table(reports)
     items = [item.detail for report in reports for item in report.items if item.check == "bot-services"]
     assert any("botvps-bot-alpha.service is not running" in d and "crash loop" in d for d in items), items

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import banner
+from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD, banner
 
 from botvps import provision
 from botvps.vm import inventory
@@ -15,12 +15,13 @@ OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgd
 
 @pytest.fixture
 def drill(vm, tmp_path, console, fresh_rate_limit):
-    """Run the site playbook against this VM with some settings changed; return (result, state before)."""
+    """Run the site playbook against this VM with some settings changed (the lab's bots included:
+    without them a run would retire the bots); return the result."""
 
     def run(**overrides):
         console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
-        inv = inventory.write(vm, tmp_path / "inventory", overrides)
-        return provision.provision(inv, echo=False)
+        inv = inventory.write(vm, tmp_path / "inventory", overrides, group_vars=LAB_GROUP_VARS)
+        return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, echo=False)
 
     return run
 

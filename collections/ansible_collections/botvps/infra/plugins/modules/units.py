@@ -10,7 +10,37 @@ module: units
 short_description: Enable, start and restart several systemd units in one call
 description:
   - Asks systemd once for the state of every unit, then enables and starts only those that need it.
+  - With O(retire), first retires the instances of a unit family that are no longer wanted: each
+    unit file matching O(retire.unit_glob) whose name is not in O(retire.keep) has its units
+    stopped (each by its own KillSignal and TimeoutStopSec) and disabled, then its paths removed.
 options:
+  retire:
+    description: Retire what a unit family no longer needs; the C(*) in the glob is the instance's name.
+    type: dict
+    suboptions:
+      unit_glob:
+        description: Absolute glob with one C(*), e.g. C(/etc/systemd/system/botvps-bot-*.service).
+        type: str
+        required: true
+      keep:
+        description: Names to keep.
+        type: list
+        elements: str
+        default: []
+      name_pattern:
+        description: Only names matching this regular expression are retired (others are not ours).
+        type: str
+        required: true
+      units:
+        description: Units to stop and disable, in order; C({name}) is replaced by the name.
+        type: list
+        elements: str
+        default: []
+      paths:
+        description: Absolute paths (files or trees) to remove afterwards; C({name}) is replaced.
+        type: list
+        elements: str
+        default: []
   enabled:
     description: Units that must be enabled.
     type: list
@@ -34,10 +64,16 @@ author: [botvps]
 """
 
 RETURN = r"""
+retired_now: {description: Names this call retired (in check mode, would retire), type: list, returned: always}
 enabled_now: {description: Units this call enabled, type: list, returned: always}
 started_now: {description: Units this call started, type: list, returned: always}
 restarted_now: {description: Units this call restarted, type: list, returned: always}
 """
+
+import glob
+import os
+import re
+import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -49,6 +85,38 @@ def states(module: AnsibleModule, systemctl: str, verb: str, units: list[str]) -
     return out.split()
 
 
+def retire(module: AnsibleModule, systemctl: str, spec: dict) -> list[str]:
+    """Stop, disable and remove every instance of spec's family that is not kept; return their names."""
+    if spec["unit_glob"].count("*") != 1 or not os.path.isabs(spec["unit_glob"]):
+        module.fail_json(msg=f"retire.unit_glob must be an absolute path with one *: {spec['unit_glob']}")
+    head, _, tail = spec["unit_glob"].partition("*")
+    pattern = re.compile(spec["name_pattern"])
+    names = sorted(
+        path[len(head):len(path) - len(tail)] for path in glob.glob(spec["unit_glob"])
+        if path.startswith(head) and path.endswith(tail)
+    )
+    names = [n for n in names if pattern.fullmatch(n) and "/" not in n and n not in (".", "..") and n not in spec["keep"]]
+    if not names or module.check_mode:
+        return names
+    for name in names:
+        units = [u.replace("{name}", name) for u in spec["units"]]
+        if units:
+            rc, out, err = module.run_command([systemctl, "disable", "--now", *units])
+            if rc != 0:
+                module.fail_json(msg=f"could not stop and disable {', '.join(units)} to retire {name}: {err or out}")
+            module.run_command([systemctl, "reset-failed", *units])
+        for template in spec["paths"]:
+            path = os.path.normpath(template.replace("{name}", name))
+            if not os.path.isabs(path) or path.count("/") < 2:
+                module.fail_json(msg=f"refusing to remove {path} to retire {name}")
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+    module.run_command([systemctl, "daemon-reload"], check_rc=True)
+    return names
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -56,11 +124,19 @@ def main() -> None:
             "started": {"type": "list", "elements": "str", "default": []},
             "restarted": {"type": "list", "elements": "str", "default": []},
             "daemon_reload": {"type": "bool", "default": False},
+            "retire": {"type": "dict", "options": {
+                "unit_glob": {"type": "str", "required": True},
+                "keep": {"type": "list", "elements": "str", "default": []},
+                "name_pattern": {"type": "str", "required": True},
+                "units": {"type": "list", "elements": "str", "default": []},
+                "paths": {"type": "list", "elements": "str", "default": []},
+            }},
         },
         supports_check_mode=True,
     )
     systemctl = module.get_bin_path("systemctl", required=True)
     p = module.params
+    retired = retire(module, systemctl, p["retire"]) if p["retire"] else []
     if p["daemon_reload"] and not module.check_mode:
         module.run_command([systemctl, "daemon-reload"], check_rc=True)
     enabled_states = states(module, systemctl, "is-enabled", p["enabled"])
@@ -68,7 +144,7 @@ def main() -> None:
     active_states = states(module, systemctl, "is-active", p["started"])
     to_start = [u for u, s in zip(p["started"], active_states) if s != "active" and u not in p["restarted"]]
     to_restart = list(p["restarted"])
-    changed = bool(to_enable or to_start or to_restart)
+    changed = bool(retired or to_enable or to_start or to_restart)
     if changed and not module.check_mode:
         if to_enable:
             module.run_command([systemctl, "enable", *to_enable], check_rc=True)
@@ -84,7 +160,7 @@ def main() -> None:
             rc, out, err = module.run_command([systemctl, "restart", *to_restart])
             if rc != 0:
                 module.fail_json(msg=f"could not restart {', '.join(to_restart)}: {err or out}")
-    module.exit_json(changed=changed, enabled_now=to_enable, started_now=to_start, restarted_now=to_restart)
+    module.exit_json(changed=changed, retired_now=retired, enabled_now=to_enable, started_now=to_start, restarted_now=to_restart)
 
 
 if __name__ == "__main__":

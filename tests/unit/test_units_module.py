@@ -1,0 +1,110 @@
+"""Tests for botvps.infra.units' retire option, run in-process with a stand-in systemctl that logs its calls."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("ansible")
+from ansible.module_utils.testing import patch_module_args  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_PATH = REPO / "collections/ansible_collections/botvps/infra/plugins/modules/units.py"
+
+
+@pytest.fixture(scope="module")
+def units_mod() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("botvps_units_module", MODULE_PATH)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A unit directory with bots alpha, beta, gamma and a unit not ours; each bot has config and code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    systemctl = bin_dir / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
+                         f'case "$*" in *fail-me*) exit 1;; esac\nexit 0\n')
+    systemctl.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    units = tmp_path / "units"
+    units.mkdir()
+    for name in ("alpha", "beta", "gamma", "Not-Ours"):
+        (units / f"botvps-bot-{name}.service").write_text("[Service]\n")
+        (tmp_path / "etc" / name).mkdir(parents=True)
+        (tmp_path / "etc" / name / "secrets.env").write_text("KEY=x\n")
+        (tmp_path / "opt" / name / "app").mkdir(parents=True)
+        (tmp_path / "state" / name).mkdir(parents=True)
+    return tmp_path
+
+
+def spec(host: Path, keep: list[str], units: list[str] | None = None) -> dict:
+    return {
+        "unit_glob": f"{host}/units/botvps-bot-*.service",
+        "keep": keep,
+        "name_pattern": "^[a-z][a-z0-9-]{0,30}$",
+        "units": units if units is not None else ["botvps-keyaudit@{name}.timer", "botvps-bot-{name}.service"],
+        "paths": [f"{host}/units/botvps-bot-{{name}}.service", f"{host}/etc/{{name}}", f"{host}/opt/{{name}}"],
+    }
+
+
+@pytest.fixture
+def run(units_mod: ModuleType, capsys: pytest.CaptureFixture[str]):
+    def _run(check: bool = False, **options) -> dict:
+        with patch_module_args({"_ansible_check_mode": check, **options}), pytest.raises(SystemExit):
+            units_mod.main()
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    return _run
+
+
+def calls(host: Path) -> list[str]:
+    path = host / "calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_bot_no_longer_kept_is_stopped_disabled_and_removed_but_its_state_stays(host: Path, run) -> None:
+    result = run(retire=spec(host, ["alpha", "beta"]))
+    assert result["changed"] and result["retired_now"] == ["gamma"]
+    assert calls(host) == ["disable --now botvps-keyaudit@gamma.timer botvps-bot-gamma.service",
+                           "reset-failed botvps-keyaudit@gamma.timer botvps-bot-gamma.service", "daemon-reload"]
+    assert not (host / "units/botvps-bot-gamma.service").exists()
+    assert not (host / "etc/gamma").exists() and not (host / "opt/gamma").exists()
+    assert (host / "state/gamma").is_dir(), "a retired bot's state is the operator's to delete"
+    for kept in ("alpha", "beta", "Not-Ours"):  # Not-Ours does not match the name pattern
+        assert (host / f"units/botvps-bot-{kept}.service").exists() and (host / "etc" / kept / "secrets.env").exists()
+
+
+def test_check_mode_names_the_bot_and_changes_nothing(host: Path, run) -> None:
+    result = run(check=True, retire=spec(host, ["alpha", "beta"]))
+    assert result["changed"] and result["retired_now"] == ["gamma"]
+    assert calls(host) == []
+    assert (host / "etc/gamma/secrets.env").exists()
+
+
+def test_nothing_to_retire_changes_nothing(host: Path, run) -> None:
+    result = run(retire=spec(host, ["alpha", "beta", "gamma"]))
+    assert not result["changed"] and result["retired_now"] == []
+    assert calls(host) == []
+
+
+def test_a_bot_that_cannot_be_stopped_keeps_its_files(host: Path, run) -> None:
+    result = run(retire=spec(host, ["alpha", "beta"], units=["fail-me-{name}.service"]))
+    assert result.get("failed") and "could not stop and disable fail-me-gamma.service" in result["msg"]
+    assert (host / "etc/gamma/secrets.env").exists() and (host / "units/botvps-bot-gamma.service").exists()
+
+
+def test_a_glob_without_one_star_is_refused(host: Path, run) -> None:
+    bad = {**spec(host, []), "unit_glob": f"{host}/units/botvps-bot-gamma.service"}
+    result = run(retire=bad)
+    assert result.get("failed") and "one *" in result["msg"]
+    assert (host / "etc/gamma/secrets.env").exists()
