@@ -417,7 +417,9 @@ def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, 
         assert result.returncode == 0, result.output[-3000:]
         return result
 
-    gamma = {**template, "name": "gamma", "secrets": []}
+    # No vaulted secret (the lab vault has none for gamma): simplebot takes its "key" from the environment.
+    gamma = {**template, "name": "gamma", "secrets": [],
+             "environment": {"SIMPLEBOT_KEY_VAR": "GAMMA_DEMO_ID", "GAMMA_DEMO_ID": "not-an-api-key"}}
     try:
         provision_bots(bots=[*bots, gamma])
         wait_active(agent, "botvps-bot-gamma.service")
