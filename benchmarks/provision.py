@@ -108,9 +108,10 @@ def timed_drift(inventory: Path, numbers: dict[str, object], key: str, counts: P
 
 
 def write_fleet_inventory(vms: list[machine.VM], directory: Path) -> Path:
-    """One inventory with all ``vms`` (each with its own connection settings) and molecule's group_vars."""
+    """One inventory with all ``vms`` (each with its own connection settings) and molecule's group_vars.
+    Only the first VM runs molecule's two bots: a bot's name and API key are refused on two hosts."""
     directory.mkdir(parents=True, exist_ok=True)
-    hosts = {vm.name: inventory.host_vars(vm) for vm in vms}
+    hosts = {vm.name: {**inventory.host_vars(vm), **({} if i == 0 else {"bots": []})} for i, vm in enumerate(vms)}
     (directory / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}, sort_keys=False))
     shutil.copytree(GROUP_VARS, directory / "group_vars", dirs_exist_ok=True)
     return directory
