@@ -91,10 +91,7 @@ def retire(module: AnsibleModule, systemctl: str, spec: dict) -> list[str]:
         module.fail_json(msg=f"retire.unit_glob must be an absolute path with one *: {spec['unit_glob']}")
     head, _, tail = spec["unit_glob"].partition("*")
     pattern = re.compile(spec["name_pattern"])
-    names = sorted(
-        path[len(head):len(path) - len(tail)] for path in glob.glob(spec["unit_glob"])
-        if path.startswith(head) and path.endswith(tail)
-    )
+    names = sorted(path[len(head):len(path) - len(tail)] for path in glob.glob(spec["unit_glob"]))
     names = [n for n in names if pattern.fullmatch(n) and "/" not in n and n not in (".", "..") and n not in spec["keep"]]
     if not names or module.check_mode:
         return names
@@ -113,7 +110,6 @@ def retire(module: AnsibleModule, systemctl: str, spec: dict) -> list[str]:
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.unlink(path)
-    module.run_command([systemctl, "daemon-reload"], check_rc=True)
     return names
 
 
@@ -137,7 +133,7 @@ def main() -> None:
     systemctl = module.get_bin_path("systemctl", required=True)
     p = module.params
     retired = retire(module, systemctl, p["retire"]) if p["retire"] else []
-    if p["daemon_reload"] and not module.check_mode:
+    if (p["daemon_reload"] or retired) and not module.check_mode:  # after retiring: their unit files are gone
         module.run_command([systemctl, "daemon-reload"], check_rc=True)
     enabled_states = states(module, systemctl, "is-enabled", p["enabled"])
     to_enable = [u for u, s in zip(p["enabled"], enabled_states) if s not in ("enabled", "static", "alias", "indirect")]
