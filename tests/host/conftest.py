@@ -18,6 +18,8 @@ from botvps.vm import machine
 # molecule's inventory for the lab VMs: two bots (alpha, beta) with sentinel secrets in the vault.
 LAB_GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
 LAB_VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
+# Forgets ufw's per-source SSH connection counts (its limit: 6 new connections in 30 s), run as root.
+FORGET_SSH_COUNTS = "for f in /proc/net/xt_recent/*; do echo / > $f; done"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,9 +56,9 @@ def console(vm: machine.VM):
 def fresh_rate_limit(console):
     """Forget ufw's per-source SSH connection counts (ufw limit: 6 new connections in 30 s),
     so a test's deliberate connections are judged on their own."""
-    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+    console(FORGET_SSH_COUNTS, check=False)
     yield
-    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+    console(FORGET_SSH_COUNTS, check=False)
 
 
 def banner(port: int, timeout: float = 10.0) -> bytes:

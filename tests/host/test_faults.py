@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD, wait_until
+from conftest import FORGET_SSH_COUNTS, LAB_GROUP_VARS, LAB_VAULT_PASSWORD, wait_until
 
 from botvps import drift, provision, runner
 from botvps.paths import PROJECT_ROOT
@@ -50,7 +50,7 @@ class Lab:
 
     def unlimit(self) -> None:
         """Forget ufw's SSH rate-limit counts: each run here opens new connections after a cut."""
-        self.console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+        self.console(FORGET_SSH_COUNTS, check=False)
 
     def provision(self, **overrides) -> runner.PlaybookResult:
         self.unlimit()

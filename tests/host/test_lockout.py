@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD, banner
+from conftest import FORGET_SSH_COUNTS, LAB_GROUP_VARS, LAB_VAULT_PASSWORD, banner
 
 from botvps import provision
 from botvps.vm import inventory
@@ -19,7 +19,7 @@ def drill(vm, tmp_path, console, fresh_rate_limit):
     without them a run would retire the bots); return the result."""
 
     def run(**overrides):
-        console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+        console(FORGET_SSH_COUNTS, check=False)
         inv = inventory.write(vm, tmp_path / "inventory", overrides, group_vars=LAB_GROUP_VARS)
         return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, echo=False)
 
@@ -33,7 +33,7 @@ def _state(console) -> str:
 def _admin_can_log_in(vm, console) -> bool:
     """A fresh login as the admin, judged on its own: ufw's SSH limit (6 new connections in 30 s,
     tested in test_ssh) would otherwise count the drill's own connections against it."""
-    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+    console(FORGET_SSH_COUNTS, check=False)
     result = subprocess.run(vm.ssh_command("ops") + ["sudo", "-n", "true"], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         print(f"admin login failed ({result.returncode}): {result.stderr.strip()[-500:]}")

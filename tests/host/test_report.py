@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+from conftest import FORGET_SSH_COUNTS
 
 from botvps.report import command, render_html, render_md
 from botvps.report.model import FAIL, PASS, UNKNOWN
@@ -22,13 +23,13 @@ CONTROLLER_FROM_GUEST = "10.0.2.2"
 
 @pytest.fixture(scope="module")
 def report(vm, tmp_path_factory, console):
-    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)  # earlier tests' SSH connections
+    console(FORGET_SSH_COUNTS, check=False)  # earlier tests' SSH connections
     inv = inventory.write(vm, tmp_path_factory.mktemp("report") / "inventory")
     started = time.monotonic()
     reports = command.collect(inv, None, None, log=print)
     print(f"report: gathered and audited {vm.name} in {time.monotonic() - started:.0f} s")
     # ssh-audit's paced scan leaves the controller close to ufw's limit: the next checks start afresh.
-    console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+    console(FORGET_SSH_COUNTS, check=False)
     found = reports[vm.name]
     assert not isinstance(found, str), found
     return found

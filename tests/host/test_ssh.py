@@ -8,13 +8,13 @@ import subprocess
 
 import paramiko
 import pytest
-from conftest import banner
+from conftest import FORGET_SSH_COUNTS, banner
 
 
 @pytest.fixture(scope="module")
 def sshd_t(host, request) -> dict[str, str]:
     if os.environ.get("BOTVPS_VM_NAME"):  # a test VM (not drift's read-only run): earlier tests' connections
-        request.getfixturevalue("console")("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+        request.getfixturevalue("console")(FORGET_SSH_COUNTS, check=False)
     with host.sudo():
         out = host.check_output("/usr/sbin/sshd -T")
     settings: dict[str, str] = {}
