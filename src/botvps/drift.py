@@ -440,9 +440,15 @@ def security_updates(apt_output: str) -> list[str]:
 
 
 def clock_offset(timesync_status: str) -> float | None:
-    """Seconds from ``timedatectl timesync-status``'s Offset line (``+1.234ms``), None when absent."""
+    """Seconds the clock was off at timesyncd's last poll (``timedatectl timesync-status``'s ``Offset: +1.234ms``).
+
+    None when there is no Offset line, or when that poll was timesyncd's first since it started (``Packet count: 1``):
+    the first sample measures the clock the machine booted with (set from the RTC, which counts whole seconds, so
+    often most of a second off) before timesyncd corrects it, not how far off the clock is now.
+    """
     match = re.search(r"^\s*Offset:\s*([+-]?[\d.]+)\s*(us|ms|s|min)\s*$", timesync_status, re.M)
-    if not match:
+    packets = re.search(r"^\s*Packet count:\s*(\d+)\s*$", timesync_status, re.M)
+    if not match or (packets and int(packets.group(1)) <= 1):
         return None
     scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}[match.group(2)]
     return float(match.group(1)) * scale

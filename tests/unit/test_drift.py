@@ -128,6 +128,13 @@ def test_security_updates_reboot_and_clock():
                                      "clock offset -1.500 s (more than 1.0 s)"]
     assert drift.clock_offset("  Offset: +850us\n") == pytest.approx(0.00085)
     assert drift.clock_offset("nothing") is None
+    # A just-(re)started timesyncd's first sample is the boot clock's error, which it corrects at once: not drift.
+    first = "       Offset: +1.053s\n        Delay: 2.1ms\n Packet count: 1\n"
+    assert drift.clock_offset(first) is None
+    settled = evaluate(fct=facts(timesync=ok(first)))
+    assert only(settled, "clock") == []
+    later = evaluate(fct=facts(timesync=ok(first.replace("count: 1", "count: 2"))))
+    assert only(later, "clock") == ["clock offset +1.053 s (more than 1.0 s)"]
     failed = evaluate(fct=facts(apt={"rc": 100, "out": "", "err": "E: lists broken"}))
     assert [i.kind for i in failed.items] == ["error"] and failed.status == drift.ERROR
 

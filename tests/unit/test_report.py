@@ -88,6 +88,8 @@ def test_clock():
     assert clock.status == PASS and clock.headline == "-1 ms"
     drifting = sections(document(timesync=ok("Offset: +2.5s\n")))["clock"]
     assert drifting.status == WARN and "2.500 s off" in drifting.summary
+    first = sections(document(timesync=ok("Offset: +2.5s\nPacket count: 1\n")))["clock"]
+    assert first.status == PASS and "past its first sample" in str(first.tables)
     unsynced = sections(document(timedatectl=ok("NTP=yes\nNTPSynchronized=no\n")))["clock"]
     assert unsynced.status == FAIL
 
