@@ -18,6 +18,10 @@ def command(inventory: Path, limit: str = "all", extra: list[str] | None = None)
             *(extra or [])]
 
 
-def run(inventory: Path, vm_name: str | None = None, limit: str = "all", extra: list[str] | None = None) -> int:
+def run(inventory: Path, vm_name: str | None = None, limit: str = "all", extra: list[str] | None = None,
+        vault_password_file: Path | None = None) -> int:
+    """Exit code of the suite; with the vault's password the bots' checks compare their secrets with the vault."""
     env = {"BOTVPS_VM_NAME": vm_name} if vm_name else {}
+    if vault_password_file is not None:
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault_password_file)
     return subprocess.run(command(inventory, limit, extra), cwd=PROJECT_ROOT, env=runner.environment(env)).returncode

@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from botvps import provision, runner
 from botvps.paths import PROJECT_ROOT
-from botvps.vm import machine
+from botvps.vm import inventory, machine
 
 # molecule's inventory for the lab VMs: two bots (alpha, beta) with sentinel secrets in the vault.
 LAB_GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
@@ -22,8 +25,18 @@ LAB_VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password"
 FORGET_SSH_COUNTS = "for f in /proc/net/xt_recent/*; do echo / > $f; done"
 
 
+def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = None,
+                  **overrides: Any) -> runner.PlaybookResult:
+    """Provision ``vm`` as molecule does (its group_vars, bots and vault), with ``overrides`` in the host's
+    vars: the drills' one way in. The lab's bots are always there, since a run without them retires them."""
+    inv = inventory.write(vm, directory, overrides, group_vars=LAB_GROUP_VARS)
+    return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, extra=extra, echo=False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "late: changes the VM on purpose (faults); runs after every other check")
+    config.addinivalue_line("markers", "lab: re-provisions the VM with molecule's lab inventory and vault, so it runs on "
+                                       "molecule's VMs only (invoke demo deselects it)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -396,14 +396,14 @@ def test_bot_does_not_start_with_a_key_that_fails_the_audit(agent, bots, planted
             fake.stop()
 
 
+@pytest.mark.lab
 def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, bots, tmp_path) -> None:
     """gamma joins (a copy of a bot without an exchange), then leaves the inventory: the next run stops
     it as any stop does (its signal, its time), deletes its unit, secrets file and code, keeps its
     state, and restarts no other bot; the run after that changes nothing."""
-    from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD
+    from conftest import lab_provision
 
-    from botvps import provision
-    from botvps.vm import inventory, machine
+    from botvps.vm import machine
 
     template = next((b for b in bots if b.get("exchange", "none") == "none"), None)
     if template is None:
@@ -412,8 +412,7 @@ def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, 
     others = {b["name"]: wait_active(agent, unit(b)) for b in bots}
 
     def provision_bots(**overrides: Any):
-        inv = inventory.write(vm, tmp_path / "inventory", overrides, group_vars=LAB_GROUP_VARS)
-        result = provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, extra=["--tags", "bots"], echo=False)
+        result = lab_provision(vm, tmp_path / "inventory", ["--tags", "bots"], **overrides)
         assert result.returncode == 0, result.output[-3000:]
         return result
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FORGET_SSH_COUNTS, LAB_GROUP_VARS, LAB_VAULT_PASSWORD, wait_until
+from conftest import FORGET_SSH_COUNTS, LAB_GROUP_VARS, LAB_VAULT_PASSWORD, lab_provision, wait_until
 
 from botvps import drift, provision, runner
 from botvps.paths import PROJECT_ROOT
@@ -26,6 +26,7 @@ from botvps.vm import inventory, machine
 
 pytestmark = [
     pytest.mark.late,
+    pytest.mark.lab,
     pytest.mark.skipif(os.environ.get("BOTVPS_FAULT_DRILLS") != "1", reason="set BOTVPS_FAULT_DRILLS=1 for fault drills"),
 ]
 
@@ -54,8 +55,7 @@ class Lab:
 
     def provision(self, **overrides) -> runner.PlaybookResult:
         self.unlimit()
-        inv = inventory.write(self.vm, self.inventory, overrides, group_vars=LAB_GROUP_VARS)
-        return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, echo=False)
+        return lab_provision(self.vm, self.inventory, **overrides)
 
     def start(self, name: str) -> tuple[subprocess.Popen, Path]:
         """A provision in the background (its own process group, so it can be killed whole)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import FORGET_SSH_COUNTS, LAB_GROUP_VARS, LAB_VAULT_PASSWORD, banner
-
-from botvps import provision
-from botvps.vm import inventory
+from conftest import FORGET_SSH_COUNTS, banner, lab_provision
 
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgdkdGmoJlkZcd8O not-my-key"
+
+
+pytestmark = pytest.mark.lab
 
 
 @pytest.fixture
@@ -20,8 +20,7 @@ def drill(vm, tmp_path, console, fresh_rate_limit):
 
     def run(**overrides):
         console(FORGET_SSH_COUNTS, check=False)
-        inv = inventory.write(vm, tmp_path / "inventory", overrides, group_vars=LAB_GROUP_VARS)
-        return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, echo=False)
+        return lab_provision(vm, tmp_path / "inventory", **overrides)
 
     return run
 
