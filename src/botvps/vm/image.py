@@ -51,6 +51,9 @@ user=$(arg user)
 key=$(arg key | base64 -d)
 password=$(arg password)
 ssh-keygen -A
+# The VM's name (systemd.hostname= on the command line) resolves locally, as cloud-init's manage_etc_hosts does:
+# otherwise each sudo spends a DNS round trip failing to resolve it, and warns.
+sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1 $(hostname)/" /etc/hosts
 if [ "$user" = root ]; then
     home=/root
 else
