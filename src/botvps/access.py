@@ -26,27 +26,47 @@ def known_hosts_file(ssh_args: str) -> Path:
     return Path(match.group(1) if match else "~/.ssh/known_hosts").expanduser()
 
 
-def can_login(host: str, port: int, user: str, key_file: str | None, ssh_args: str, timeout: int = 10) -> bool:
-    """True when ``ssh user@host`` with Ansible's own options logs in without a prompt."""
+def login_error(host: str, port: int, user: str, key_file: str | None, ssh_args: str, timeout: int = 10) -> str | None:
+    """None when ``ssh user@host`` with Ansible's own options logs in without a prompt, else ssh's last words."""
     command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", "-o", "ControlMaster=no",
                "-o", "ControlPath=none", "-p", str(port)]
     if key_file:
         command += ["-i", key_file, "-o", "IdentitiesOnly=yes"]
     command += [*shlex.split(ssh_args or ""), f"{user}@{host}", "true"]
     try:
-        return subprocess.run(command, capture_output=True, timeout=timeout + 20).returncode == 0
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 20)
     except subprocess.TimeoutExpired:
-        return False
+        return "timed out"
+    lines = result.stderr.strip().splitlines()
+    return None if result.returncode == 0 else (lines[-1] if lines else f"ssh exited {result.returncode}")
 
 
-def probe(host: str, candidates: list[tuple[str, int]], key_file: str | None, ssh_args: str) -> dict:
-    """The first (user, port) that logs in; the admin comes first, the provider's account after."""
-    for user, port in candidates:
-        if can_login(host, port, user, key_file, ssh_args):
+def probe(host: str, candidates: list[tuple[str, int]], key_file: str | None, ssh_args: str,
+          timeout: int = 10) -> dict:
+    """The first (user, port) that logs in; the admin comes first, the provider's account after.
+
+    A port whose sshd does not answer in time is not tried again with the next user: when that is the
+    firewall's SSH limit (ufw drops new connections from an address that opened 6 in 30 s, and every
+    dropped attempt counts), each further try would only keep the address locked out.
+    """
+    silent: list[int] = []
+    tried: list[str] = []
+    for user, port in dict.fromkeys(candidates):
+        if port in silent:
+            continue
+        tried.append(f"{user}@{host}:{port}")
+        error = login_error(host, port, user, key_file, ssh_args, timeout)
+        if error is None:
             return {"user": user, "port": port}
-    tried = ", ".join(f"{u}@{host}:{p}" for u, p in candidates)
-    raise SystemExit(f"cannot reach {host}: no login worked (tried {tried}); check the address, port, "
-                     "and that the key in ansible_ssh_private_key_file is authorized there")
+        if "timed out" in error.lower():
+            silent.append(port)
+    hint = ("check the address, port, and that the key in ansible_ssh_private_key_file is authorized there")
+    if silent:
+        ports = ", ".join(map(str, silent))
+        hint = (f"sshd did not answer on port {ports} in {timeout} s: if this machine opened several SSH "
+                "connections in the last half minute, the server's firewall limit drops its new ones until it "
+                "has seen none for 30 s, so wait a minute and run again; otherwise " + hint)
+    raise SystemExit(f"cannot reach {host}: no login worked (tried {', '.join(tried)}); {hint}")
 
 
 def controller_keys(key_file: str | None) -> list[str]:

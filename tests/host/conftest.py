@@ -17,12 +17,11 @@ import pytest
 from botvps import provision, runner
 from botvps.paths import PROJECT_ROOT
 from botvps.vm import inventory, machine
+from botvps.vm.machine import FORGET_SSH_COUNTS  # noqa: F401 - the drills' import
 
 # molecule's inventory for the lab VMs: two bots (alpha, beta) with sentinel secrets in the vault.
 LAB_GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
 LAB_VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
-# Forgets ufw's per-source SSH connection counts (its limit: 6 new connections in 30 s), run as root.
-FORGET_SSH_COUNTS = "for f in /proc/net/xt_recent/*; do echo / > $f; done"
 
 
 def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = None,

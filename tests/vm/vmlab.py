@@ -47,7 +47,7 @@ class Lab:
 
     def fresh_rate_limit(self) -> None:
         """Forget ufw's per-source SSH counts (6 new connections per 30 s): each run is judged on its own."""
-        self.console("for f in /proc/net/xt_recent/*; do echo / > $f; done", check=False)
+        self.console(machine.FORGET_SSH_COUNTS, check=False)
 
     def leaked(self, text: str) -> list[str]:
         """The vault's secret values found in ``text`` (shown masked)."""

@@ -21,6 +21,8 @@ from botvps.vm.qga import AgentError, GuestAgent
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 HANDOVER_USERS = ("root", "debian")
+# Run as root in the guest: ufw's SSH limit (6 new connections from one source in 30 s) forgets every source.
+FORGET_SSH_COUNTS = "for f in /proc/net/xt_recent/*; do echo / > $f; done"
 
 
 class VMError(RuntimeError):
@@ -69,6 +71,11 @@ class VM:
 
     def console(self) -> GuestAgent:
         return GuestAgent(self.qga_socket)
+
+    def forget_ssh_counts(self) -> None:
+        """From the console: ufw's SSH limit forgets the controller's connections (checks open many, and the
+        operator's next command must not find the door shut for their sake)."""
+        self.console().run(FORGET_SSH_COUNTS)
 
     def pid(self) -> int | None:
         return _qemu_pid(self.directory)
