@@ -85,7 +85,7 @@ def vm_up(c, name, suite="bookworm", user="root", forward=None):
     _exit(vm_cli.main(["up", name, "--suite", suite, "--user", user, *[f"--forward={p}" for p in forward or []]]))
 
 
-@task(help={"all": "every VM", "name": "VM name"})
+@task(help={"all": "every VM", "name": "VM name"}, positional=["name"])
 def vm_down(c, name=None, all=False):  # noqa: A002 - invoke flag name
     """Stop VMs and delete their disks."""
     _exit(vm_cli.main(["down", "--all"] if all else ["down", name or sys.exit("vm.down NAME or --all")]))
