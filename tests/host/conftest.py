@@ -34,8 +34,8 @@ def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = Non
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "late: changes the VM on purpose (faults); runs after every other check")
-    config.addinivalue_line("markers", "lab: re-provisions the VM with molecule's lab inventory and vault, so it runs on "
-                                       "molecule's VMs only (invoke demo deselects it)")
+    config.addinivalue_line("markers", "lab: re-provisions the VM with molecule's lab inventory and vault, so it "
+                                       "runs on molecule's VMs only (invoke demo deselects it)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -297,7 +297,8 @@ def clock(gather: dict[str, Any]) -> Section:
     offset = clock_offset(cmd(gather, "timesync")["out"])
     rows = [["NTP service", shown.get("NTP", "?")], ["synchronised", shown.get("NTPSynchronized", "?")],
             ["server", server.get("ServerName") or server.get("ServerAddress") or "?"],
-            ["offset", f"{offset * 1000:+.1f} ms" if offset is not None else "unknown (timesyncd has no offset past its first sample yet)"],
+            ["offset", f"{offset * 1000:+.1f} ms" if offset is not None
+             else "unknown (timesyncd has no offset past its first sample yet)"],
             ["time zone", shown.get("Timezone", "?")]]
     if not shown:
         return Section("clock", title, UNKNOWN, "unknown", "`timedatectl show` failed: "
