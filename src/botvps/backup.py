@@ -2,7 +2,7 @@
 
 A backup is a directory ``OUT/HOST/STAMP/`` (STAMP: UTC time, e.g. ``20250102T030405Z``) holding
 ``manifest.json`` (every entry of every bot's state directory with its sha256, see
-:mod:`botvps.statehost`), ``manifest.json.sha256`` and one ``BOT.tar.gz`` per bot. It is written
+the collection's ``statehost.py``), ``manifest.json.sha256`` and one ``BOT.tar.gz`` per bot. It is written
 under a ``.incoming-`` name and renamed once every checksum has been verified, so a directory with
 a STAMP name is always a complete backup. Secrets are not in it: a rebuild takes them from the vault.
 """
@@ -22,7 +22,10 @@ from pathlib import Path
 
 from botvps import provision, runner, validate
 from botvps.paths import PROJECT_ROOT
-from botvps.statehost import MANIFEST, StateError, archive_name, check_manifest, verify_archive
+from botvps.hostcode import statehost
+
+MANIFEST, StateError, archive_name = statehost.MANIFEST, statehost.StateError, statehost.archive_name
+check_manifest, verify_archive = statehost.check_manifest, statehost.verify_archive
 
 PLAYBOOK = PROJECT_ROOT / "playbooks" / "backup.yml"
 CHECKSUM = MANIFEST + ".sha256"

@@ -35,7 +35,9 @@ from typing import Any
 from botvps import backup as backups
 from botvps import drift, provision, runner, validate
 from botvps.paths import PROJECT_ROOT
-from botvps.statehost import StateError
+from botvps.hostcode import statehost
+
+StateError = statehost.StateError
 
 PLAYBOOK = PROJECT_ROOT / "playbooks" / "restore.yml"
 # Drift items that say Debian has updates the server will install by itself (unattended-upgrades),

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from botvps import backup, statehost
-from botvps.statehost import StateError
+from botvps import backup
+from botvps.hostcode import statehost
+
+StateError = statehost.StateError
 
 
 def make_state(root: Path) -> Path:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYAUDIT = ROOT / "src" / "botvps" / "keyaudit.py"
+KEYAUDIT = ROOT / "collections" / "ansible_collections" / "botvps" / "infra" / "plugins" / "module_utils" / "keyaudit.py"
 FAKE = ROOT / "tests" / "fakeexchange.py"
 for extra in (ROOT / "src", ROOT / "tests"):
     if str(extra) not in sys.path:
@@ -35,7 +35,7 @@ for extra in (ROOT / "src", ROOT / "tests"):
 import fakeexchange  # noqa: E402
 from fakeexchange import FakeExchange, write_state_file  # noqa: E402
 
-from botvps import keyaudit  # noqa: E402
+from botvps.hostcode import keyaudit  # noqa: E402
 
 STATIC_IP = "203.0.113.7"
 OTHER_IP = "198.51.100.9"

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from botvps import drift, rebuild, runner
-from botvps.statehost import StateError
+from botvps.hostcode import statehost
+
+StateError = statehost.StateError
 
 BOTS = [
     {"name": "alpha", "exchange": "none"},

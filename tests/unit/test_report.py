@@ -12,6 +12,7 @@ import pytest
 import yaml
 from report_samples import ADMIN_FP, DAY, NOW, OLD_FP, SECURITY_ALPHA, at, document, ok, recorded
 
+from botvps import hostcode
 from botvps.report import command, review, scorecard
 from botvps.report.build import GatherError, build, check_document
 from botvps.report.model import FAIL, INFO, PASS, REVIEW, SCORECARD, UNKNOWN, WARN
@@ -272,7 +273,7 @@ def test_callback_output_per_host():
 
 
 def test_the_probe_runs_here_and_never_opens_a_secrets_file():
-    source = (ROOT / "src" / "botvps" / "report" / "probe.py").read_text()
+    source = hostcode.path("reportprobe").read_text()
     code = source.split('"""', 2)[2]  # the docstring names the file it never reads
     assert "secrets.env" not in code and "shadow" not in code
     done = subprocess.run([sys.executable, "-c", source, json.dumps({"days": 1, "max_lines": 10})],

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from report_samples import at, document, ok
 
-from botvps.report import probe, render_html, render_md
+from botvps.hostcode import reportprobe as probe
+from botvps.report import render_html, render_md
 from botvps.report.build import build
 from botvps.report.model import PASS, REVIEW, SCORECARD
 from botvps.report.sshaudit import AuditResult

@@ -20,7 +20,7 @@ class GatherError(ValueError):
 
 
 def check_document(document: Any) -> dict[str, Any]:
-    fix = "gather it again with `invoke report` (the probe is src/botvps/report/probe.py)"
+    fix = "gather it again with `invoke report` (the probe is the botvps.infra collection's module_utils/reportprobe.py)"
     if not isinstance(document, dict):
         raise GatherError(f"the gathered document is a {type(document).__name__}, not a JSON object: {fix}")
     missing = [name for name in REQUIRED if name not in document]
