@@ -26,15 +26,31 @@ def known_hosts_file(ssh_args: str) -> Path:
     return Path(match.group(1) if match else "~/.ssh/known_hosts").expanduser()
 
 
-def login_error(host: str, port: int, user: str, key_file: str | None, ssh_args: str, timeout: int = 10) -> str | None:
-    """None when ``ssh user@host`` with Ansible's own options logs in without a prompt, else ssh's last words."""
-    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", "-o", "ControlMaster=no",
-               "-o", "ControlPath=none", "-p", str(port)]
+def control_path(template: str, directory: str) -> str:
+    """Ansible's ControlPath for its ssh options ``control_path`` and ``control_path_dir`` ('' when it has none)."""
+    if not template:
+        return ""
+    folder = Path(directory or "~/.ansible/cp").expanduser()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return template % {"directory": str(folder)}
+
+
+def login_error(host: str, port: int, user: str, key_file: str | None, ssh_args: str, timeout: int = 10,
+                master: str = "") -> str | None:
+    """None when ``ssh user@host`` with Ansible's own options logs in without a prompt, else ssh's last words.
+
+    With ``master`` (Ansible's ControlPath) the login that works stays open as the multiplexed connection that
+    Ansible, testinfra and the next botvps command use (ssh_args carry Ansible's ControlMaster/ControlPersist): the
+    whole command costs the server one new connection, not one per step. Without it the login is closed again.
+    """
+    multiplex = ["-o", f"ControlPath={master}"] if master else ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={timeout}", *multiplex, "-p", str(port)]
     if key_file:
         command += ["-i", key_file, "-o", "IdentitiesOnly=yes"]
     command += [*shlex.split(ssh_args or ""), f"{user}@{host}", "true"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 20)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout + 20,
+                                stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return "timed out"
     lines = result.stderr.strip().splitlines()
@@ -42,7 +58,7 @@ def login_error(host: str, port: int, user: str, key_file: str | None, ssh_args:
 
 
 def probe(host: str, candidates: list[tuple[str, int]], key_file: str | None, ssh_args: str,
-          timeout: int = 10) -> dict:
+          timeout: int = 10, master: str = "") -> dict:
     """The first (user, port) that logs in; the admin comes first, the provider's account after.
 
     A port whose sshd does not answer in time is not tried again with the next user: when that is the
@@ -55,7 +71,7 @@ def probe(host: str, candidates: list[tuple[str, int]], key_file: str | None, ss
         if port in silent:
             continue
         tried.append(f"{user}@{host}:{port}")
-        error = login_error(host, port, user, key_file, ssh_args, timeout)
+        error = login_error(host, port, user, key_file, ssh_args, timeout, master)
         if error is None:
             return {"user": user, "port": port}
         if "timed out" in error.lower():
@@ -83,7 +99,7 @@ def controller_keys(key_file: str | None) -> list[str]:
             if derived.returncode == 0:
                 keys.append(derived.stdout)
     if not keys:
-        agent = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True)
+        agent = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if agent.returncode == 0:
             keys.extend(agent.stdout.splitlines())
     return [" ".join(k.split()[:2]) for k in keys if k.strip()]
@@ -134,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fallback", action="append", default=[], help="user:port to try after --user:--port")
     parser.add_argument("--key-file")
     parser.add_argument("--ssh-args", default="")
+    parser.add_argument("--control-path", default="", help="Ansible's ssh control_path (keep the login open there)")
+    parser.add_argument("--control-path-dir", default="", help="Ansible's ssh control_path_dir")
     args = parser.parse_args(argv)
     key_file = args.key_file or None
     if args.action == "probe":
         candidates = [(args.user, args.port)] + [(f.rsplit(":", 1)[0], int(f.rsplit(":", 1)[1])) for f in args.fallback]
-        result = probe(args.host, candidates, key_file, args.ssh_args)
+        result = probe(args.host, candidates, key_file, args.ssh_args,
+                       master=control_path(args.control_path, args.control_path_dir))
     elif args.action == "keys":
         result = {"keys": controller_keys(key_file)}
     else:

@@ -62,9 +62,10 @@ def run(name: str = "demo", suite: str = "bookworm") -> int:
         print("demo: provisioning failed; the VM stays up for a look: invoke vm.ssh " + name)
         return result.returncode
     print("demo: verifying the server's live state ...")
-    # The drills marked "lab" re-provision the VM with molecule's inventory: the test suite runs them, not the demo.
-    checks = verify.run(inv, vm_name=name, extra=["-m", "not lab"], vault_password_file=password)
-    vm.forget_ssh_counts()  # the checks' many SSH connections must not keep the commands below out for a minute
+    # The drills marked "lab" re-provision the VM with molecule's inventory, and those marked "connections" open SSH
+    # connections of their own on purpose: the test suite runs them, not the demo. The demo's checks share one
+    # multiplexed connection, so the commands it prints work at once (the firewall allows 6 new ones per 30 s).
+    checks = verify.run(inv, vm_name=name, extra=["-m", "not lab and not connections"], vault_password_file=password)
     print()
     print(f"demo: provisioned in {result.seconds:.0f} s, {result.changed} changes; checks "
           + ("passed" if checks == 0 else "FAILED (see above)"))

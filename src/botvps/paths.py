@@ -23,3 +23,14 @@ def images_dir() -> Path:
 
 def vms_dir() -> Path:
     return home() / "vms"
+
+
+# Where every SSH connection botvps opens keeps its control socket (ansible.cfg's control_path_dir, for Ansible and
+# testinfra alike, and the connect role's first login): one multiplexed connection per host and user.
+CONTROL_DIR = "~/.cache/botvps/cp"
+CONTROL_PATH = CONTROL_DIR + "/%h-%p-%r"
+
+
+def control_dir(home: str | None = None) -> Path:
+    """CONTROL_DIR in ``home`` (default: this process' $HOME)."""
+    return Path(home or Path.home()) / CONTROL_DIR.removeprefix("~/")

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from botvps import paths
 from botvps.paths import PROJECT_ROOT
 
 _RECAP = re.compile(
@@ -19,16 +20,22 @@ _RECAP = re.compile(
 )
 
 
-def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment Ansible runs in: the project's ansible.cfg and this venv's tools first on PATH."""
+def environment(extra: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment Ansible runs in: the project's ansible.cfg and this venv's tools first on PATH.
+    ``extra`` overrides it; a None there removes the variable."""
     env = dict(os.environ)
+    for name, value in (extra or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["ANSIBLE_CONFIG"] = str(PROJECT_ROOT / "ansible.cfg")
     # ansible.cfg's control_path_dir: Ansible creates it, testinfra's ssh does not (and without it
     # every check is a new SSH connection, which ufw's rate limit soon rejects).
-    (Path.home() / ".cache" / "botvps" / "cp").mkdir(parents=True, exist_ok=True)
+    paths.control_dir(env.get("HOME")).mkdir(parents=True, exist_ok=True, mode=0o700)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
-    env.update(extra or {})
+    env.update({name: value for name, value in (extra or {}).items() if value is not None})
     if env.get("BOTVPS_MITOGEN") == "1":
         env.update(mitogen_environment(env.get("ANSIBLE_STRATEGY", "linear")))
     return env
@@ -70,7 +77,7 @@ def playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | None 
     command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=environment(env), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, bufsize=1)
+                               stderr=subprocess.STDOUT, text=True, bufsize=1, stdin=subprocess.DEVNULL)
     lines: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
@@ -100,7 +107,7 @@ def json_playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | 
     """ansible-playbook with the JSON callback: (its report, None when it printed none; stderr or output tail)."""
     command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment({**JSON_CALLBACK_ENV, **(env or {})}),
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL)
     documents = [line for line in result.stdout.splitlines() if line.startswith("{")]
     try:
         return json.loads(documents[-1]), result.stderr

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from botvps import runner
 from botvps.paths import PROJECT_ROOT
@@ -16,21 +19,40 @@ SCENARIOS = ("debian12", "debian13")
 TEST_VM_PREFIXES = ("molecule-", "test-")
 
 
-def _stop_test_vms() -> None:
+def _stop_test_vms(env: dict[str, str | None] | None = None) -> None:
+    """Stop the test VMs left over in this home, or in the home ``env`` gives (the VM tier's own)."""
+    if env is None:
+        for prefix in TEST_VM_PREFIXES:
+            for name in machine.down_all(prefix):
+                print(f"stopped leftover VM {name}")
+        return
     for prefix in TEST_VM_PREFIXES:
-        for name in machine.down_all(prefix):
-            print(f"stopped leftover VM {name}")
+        subprocess.run([sys.executable, "-m", "botvps.vm", "down", "--all", "--prefix", prefix], cwd=PROJECT_ROOT,
+                       env=runner.environment(env), stdin=subprocess.DEVNULL)
 
 
 def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run(title: str, command: list[str]) -> tuple[str, int, float]:
+def _run(title: str, command: list[str], env: dict[str, str | None] | None = None) -> tuple[str, int, float]:
     print(f"\n=== {title}: {' '.join(command)}", flush=True)
     started = time.monotonic()
-    code = subprocess.run(command, cwd=PROJECT_ROOT, env=runner.environment()).returncode
+    code = subprocess.run(command, cwd=PROJECT_ROOT, env=runner.environment(env), stdin=subprocess.DEVNULL).returncode
     return title, code, time.monotonic() - started
+
+
+def fresh_home() -> dict[str, str | None]:
+    """A new empty HOME (and no XDG directories) for the VM tier, as a newcomer's machine has: nothing an earlier
+    run left under ~/.ansible, ~/.cache or ~/.ssh can hide a missing setup step. ``BOTVPS_TEST_HOME=DIR`` keeps one
+    home across runs instead (its image cache saves a few minutes while developing)."""
+    home = os.environ.get("BOTVPS_TEST_HOME") or tempfile.mkdtemp(prefix="botvps-test-home.")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    print(f"VM tier: HOME={home}", flush=True)
+    return {"HOME": home, **{name: None for name in XDG_DIRECTORIES}}
+
+
+XDG_DIRECTORIES = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")
 
 
 def unit() -> tuple[str, int, float]:
@@ -47,13 +69,16 @@ def lint() -> list[tuple[str, int, float]]:
 
 def vm_tier(scenarios: tuple[str, ...] = SCENARIOS) -> list[tuple[str, int, float]]:
     results = []
-    previous = signal.signal(signal.SIGTERM, _terminate)  # a killed run still stops its VMs
+    env = fresh_home()
+    # A killed or hung-up run still stops its VMs (no qemu process outlives `invoke test`).
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         for scenario in scenarios:
-            results.append(_run(f"molecule {scenario}", ["molecule", "test", "-s", scenario]))
+            results.append(_run(f"molecule {scenario}", ["molecule", "test", "-s", scenario], env))
     finally:
-        _stop_test_vms()
-        signal.signal(signal.SIGTERM, previous)
+        _stop_test_vms(env)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return results
 
 

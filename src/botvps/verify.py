@@ -24,4 +24,5 @@ def run(inventory: Path, vm_name: str | None = None, limit: str = "all", extra: 
     env = {"BOTVPS_VM_NAME": vm_name} if vm_name else {}
     if vault_password_file is not None:
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault_password_file)
-    return subprocess.run(command(inventory, limit, extra), cwd=PROJECT_ROOT, env=runner.environment(env)).returncode
+    return subprocess.run(command(inventory, limit, extra), cwd=PROJECT_ROOT, env=runner.environment(env),
+                          stdin=subprocess.DEVNULL).returncode

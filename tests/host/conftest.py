@@ -32,15 +32,62 @@ def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = Non
     return provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, extra=extra, echo=False)
 
 
+# The internal snapshots of a test VM (disk and memory, botvps.vm.machine.VM.save): "booted" is saved by
+# molecule's create (handed over, nothing provisioned), "provisioned" when this session starts (after converge and
+# idempotence). A drill marked restore(TAG) gets the VM back as TAG before it starts, so what one drill breaks
+# never reaches the next, and no drill re-provisions only to repair what the one before it did.
+BOOTED, PROVISIONED = "booted", "provisioned"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "late: changes the VM on purpose (faults); runs after every other check")
     config.addinivalue_line("markers", "lab: re-provisions the VM with molecule's lab inventory and vault, so it "
                                        "runs on molecule's VMs only (invoke demo deselects it)")
+    config.addinivalue_line("markers", "connections: opens SSH connections of its own on purpose (refused logins, "
+                                       "bursts, ssh-audit), beyond the suite's one multiplexed connection, so it runs "
+                                       "on molecule's VMs only (invoke demo deselects it)")
+    config.addinivalue_line("markers", "restore(tag): starts from the VM's snapshot TAG (booted or provisioned), "
+                                       "restored before the test; implies late")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Checks of the provisioned state first, then the drills that break and repair it."""
-    items.sort(key=lambda item: item.get_closest_marker("late") is not None)
+    """Checks of the provisioned state first, then the drills that break it (each from its own restore)."""
+    for item in items:
+        if "fresh_rate_limit" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.connections)
+    items.sort(key=lambda item: item.get_closest_marker("late") is not None
+               or item.get_closest_marker("restore") is not None)
+
+
+@pytest.fixture(scope="session")
+def snapshot_of_provisioned(request) -> str | None:
+    """Save the VM as it is now, once, if any drill of this session restores it; its tag."""
+    wanted = any(mark.args[:1] == (PROVISIONED,) for item in request.session.items
+                 for mark in item.iter_markers("restore"))
+    if not wanted or not os.environ.get("BOTVPS_VM_NAME"):
+        return None
+    vm = request.getfixturevalue("vm")
+    seconds = vm.save(PROVISIONED)
+    print(f"\nsnapshot: saved {vm.name} as {PROVISIONED!r} in {seconds:.1f} s", flush=True)
+    return PROVISIONED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _save_provisioned_first(snapshot_of_provisioned) -> None:
+    """The snapshot is taken before the first check runs, so no check's traces are in it."""
+
+
+@pytest.fixture(autouse=True)
+def _restore_snapshot(request):
+    """A drill marked restore(TAG) starts from that snapshot of the VM."""
+    marker = request.node.get_closest_marker("restore")
+    if marker is None:
+        return
+    vm = request.getfixturevalue("vm")
+    tag = marker.args[0]
+    if tag not in vm.snapshots():
+        pytest.fail(f"{vm.name} has no snapshot {tag!r} (saved: {', '.join(vm.snapshots()) or 'none'})")
+    print(f"\nsnapshot: restored {vm.name} to {tag!r} in {vm.restore(tag):.1f} s", flush=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,9 @@
 
 These change the VM on purpose (a reset, a full disk, a dead link), so they run last (marker
 ``late``, see conftest) and only where asked: ``BOTVPS_FAULT_DRILLS=1`` (molecule's debian13
-scenario sets it). They share one VM and run in file order; every drill ends with the VM
-provisioned again. The inventory is molecule's (two bots, vault with sentinel secrets).
+scenario sets it). Each starts from a snapshot of the VM (conftest's ``restore``): the provisioned
+server, or, for the drills that cut a first provision short, the server as it was handed over. The
+inventory is molecule's (two bots, vault with sentinel secrets).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def lab(vm, console, tmp_path_factory) -> Lab:
     return Lab(vm, root / "inventory", console, root)
 
 
+@pytest.mark.restore("provisioned")
 def test_a_crash_looping_bot_is_stopped_by_its_start_limit_and_reported(lab):
     beta_pid = lab.console("systemctl show -p MainPID --value botvps-bot-beta").stdout.strip()
     assert beta_pid not in ("", "0")
@@ -128,6 +130,9 @@ def test_a_crash_looping_bot_is_stopped_by_its_start_limit_and_reported(lab):
     assert not any("beta" in d for d in items), items
 
 
+# On the provisioned server: the config writer's refusal needs the packages in place (on a fresh server apt
+# itself would stop first).
+@pytest.mark.restore("provisioned")
 def test_a_nearly_full_disk_stops_provisioning_before_any_change(lab):
     lab.console(f"printf '# drill: changed by hand\\n' >> {DROP_IN}")
     watched = (f"{DROP_IN} /home/ops/.ssh/authorized_keys /etc/ufw/user.rules /etc/fail2ban/jail.d/* "
@@ -160,8 +165,10 @@ def test_a_nearly_full_disk_stops_provisioning_before_any_change(lab):
         lab.console(f"rm -f {FILL} {FILL}-2")
 
 
+@pytest.mark.restore("booted")
 def test_a_cut_connection_mid_provision_is_safe_to_run_again(lab):
-    # 1. The controller dies (SIGKILL to the whole ansible-playbook process group) mid-run.
+    # 1. The controller dies (SIGKILL to the whole ansible-playbook process group) mid-way through a first
+    # provision.
     process, log = lab.start("killed")
     try:
         _wait_for(log, "TASK [firewall", process)
@@ -177,10 +184,9 @@ def test_a_cut_connection_mid_provision_is_safe_to_run_again(lab):
         lab.vm.set_link(True)
     process.wait(timeout=1200)
     print(f"the run whose link went down for 30 s ended with {process.returncode}")
-    # 3. The host is reachable and a run after the cut completes (and repairs the crashed bot's
-    # code). The run that lost its link for 30 s usually rides it out (ssh keeps the session for
-    # ServerAliveInterval x ServerAliveCountMax = 60 s); only if it did not, one more run. The next
-    # drill's run is the next one after the link cut.
+    # 3. The host is reachable and a run after the cut completes. The run that lost its link for 30 s usually
+    # rides it out (ssh keeps the session for ServerAliveInterval x ServerAliveCountMax = 60 s); only if it did
+    # not, one more run.
     if process.returncode != 0:
         _clean(lab.provision())
     else:
@@ -189,11 +195,11 @@ def test_a_cut_connection_mid_provision_is_safe_to_run_again(lab):
     assert lab.active("ssh") == "active"
 
 
+@pytest.mark.restore("booted")
 def test_a_reset_mid_install_and_a_busy_apt_are_handled(lab):
-    lab.console("DEBIAN_FRONTEND=noninteractive apt-get -y purge fail2ban", timeout=600)
     process, log = lab.start("reset")
     try:
-        # Reset while dpkg is installing fail2ban again: the worst moment.
+        # Reset while the first provision's dpkg installs the packages: the worst moment.
         unpacking = "pgrep -f 'dpkg --status-fd'"  # apt's dpkg run, not its quick dpkg queries
         assert wait_until(lambda: lab.console(unpacking, check=False).exit_code == 0 or process.poll() is not None,
                           timeout=900, interval=0.5), log.read_text()[-2000:]

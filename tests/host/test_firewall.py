@@ -63,5 +63,6 @@ def test_undeclared_port_is_unreachable_from_outside(listener, console):
         console("ufw delete allow 8080/tcp")
 
 
+@pytest.mark.connections
 def test_ssh_still_reachable(vm):
     assert banner(vm.ssh_port).startswith(b"SSH-")

@@ -10,7 +10,8 @@ from conftest import FORGET_SSH_COUNTS, banner, lab_provision
 OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgdkdGmoJlkZcd8O not-my-key"
 
 
-pytestmark = pytest.mark.lab
+# Each drill starts from the provisioned VM's snapshot: what one breaks never reaches the next.
+pytestmark = [pytest.mark.lab, pytest.mark.restore("provisioned")]
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from botvps.report.model import FAIL, PASS, UNKNOWN
 from botvps.vm import inventory
 
 CONTROLLER_FROM_GUEST = "10.0.2.2"
+# ssh-audit's scan opens its own (paced) connections.
+pytestmark = pytest.mark.connections
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from botvps.report.model import FAIL, PASS, UNKNOWN, short
 
 TIMEOUT = 60  # seconds per connection: a connection may wait up to a rate-limit window for its turn
 LIMIT_WINDOW = 31.0  # ufw limit: at most 5 new connections from one address per 30 s (the 6th is dropped)
-LIMIT_CONNECTIONS = 5
+# botvps opens at most 4 per 30 s, ssh-audit included: the operator always has room to log in at once.
+LIMIT_CONNECTIONS = 4
 
 
 @dataclass
@@ -161,7 +162,8 @@ def audit(host: str, port: int, os_id: str, version: str, earlier: Iterable[floa
         return AuditResult(UNKNOWN, target=target, reason="ssh-audit is not installed on this controller "
                            "(it comes with the dev extras: .venv/bin/pip install ssh-audit==3.9.0)")
     try:
-        listing = subprocess.run([program, "-L"], capture_output=True, text=True, timeout=60).stdout
+        listing = subprocess.run([program, "-L"], capture_output=True, text=True, timeout=60,
+                                 stdin=subprocess.DEVNULL).stdout
         policy = choose_policy(listing, os_id, version)
         if policy is None:
             return AuditResult(UNKNOWN, target=target, reason=f"ssh-audit has no built-in policy for {os_id} {version}")
@@ -170,7 +172,8 @@ def audit(host: str, port: int, os_id: str, version: str, earlier: Iterable[floa
         return AuditResult(UNKNOWN, target=target, reason=f"ssh-audit could not run: {exc}")
     try:
         done = subprocess.run([program, "-n", "-j", "--skip-rate-test", "-t", str(timeout), "-p", str(forwarder.port),
-                               "-P", policy, "127.0.0.1"], capture_output=True, text=True, timeout=timeout * 15)
+                               "-P", policy, "127.0.0.1"], capture_output=True, text=True, timeout=timeout * 15,
+                              stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as exc:
         return AuditResult(UNKNOWN, policy, target, reason=f"ssh-audit did not finish: {exc}")
     finally:

@@ -24,10 +24,15 @@ def kvm_boots(kernel: Path, timeout: float = PROBE_TIMEOUT) -> bool:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     try:
+        # The guest's console goes to a pipe of its own, and QEMU gets its own /dev/null as stdin: a
+        # QEMU that aborts (nested KVM: "kvm_buf_set_msrs: Assertion") leaves O_NONBLOCK on the file
+        # it was given, and on the caller's terminal that breaks every later program (Ansible refuses
+        # to start on a non-blocking stdin).
         result = subprocess.run(
             ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "256",
              "-display", "none", "-nodefaults", "-no-reboot", "-serial", "stdio",
              "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent"],
+            stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=timeout,
         )

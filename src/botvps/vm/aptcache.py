@@ -57,7 +57,7 @@ def ensure(log=print) -> str:
     command = [BINARY, "-c", str(conf), "ForeGround=0", f"Port={PORT}", "BindAddress=127.0.0.1",
                f"CacheDir={root / 'cache'}", f"LogDir={root / 'log'}", f"PidFile={root / 'run' / 'pid'}",
                f"SocketPath={root / 'run' / 'socket'}", "ExThreshold=30"]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     for _ in range(50):
         if _listening():
             log(f"apt cache: apt-cacher-ng on 127.0.0.1:{PORT}, cache in {root / 'cache'}")

@@ -1,4 +1,4 @@
-"""Command line for the throwaway VMs: ``botvps-vm up|down|list|ssh|console``."""
+"""Command line for the throwaway VMs: ``botvps-vm up|down|list|ssh|console|save|restore``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _up(args: argparse.Namespace) -> int:
     vm = machine.up(
         args.name, suite=args.suite, user=args.user, forwards=tuple(args.forward),
         memory_mb=args.memory, log=lambda msg: print(msg, file=sys.stderr), apt_cache=args.apt_cache,
+        snapshot=args.snapshot,
     )
     if args.json:
         print(json.dumps(_describe(vm)))
@@ -57,6 +58,16 @@ def _ssh(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _save(args: argparse.Namespace) -> int:
+    print(f"{args.name}: saved {args.tag!r} in {machine.load(args.name).save(args.tag):.1f} s", file=sys.stderr)
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    print(f"{args.name}: restored {args.tag!r} in {machine.load(args.name).restore(args.tag):.1f} s", file=sys.stderr)
+    return 0
+
+
 def _console(args: argparse.Namespace) -> int:
     result = machine.load(args.name).console().run(" ".join(args.command))
     sys.stdout.write(result.stdout)
@@ -75,8 +86,17 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--memory", type=int, default=1024, help="MiB")
     up.add_argument("--apt-cache", action="store_true", default=None,
                     help="use the harness' apt-cacher-ng on 127.0.0.1:3142 (also BOTVPS_APT_CACHE=1)")
+    up.add_argument("--snapshot", metavar="TAG", help="save the booted VM (disk and memory) as snapshot TAG")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=_up)
+    save = sub.add_parser("save", help="save a running VM whole (disk and memory) as an internal snapshot")
+    save.add_argument("name")
+    save.add_argument("tag")
+    save.set_defaults(func=_save)
+    restore = sub.add_parser("restore", help="put a VM back as it was when a snapshot was saved")
+    restore.add_argument("name")
+    restore.add_argument("tag")
+    restore.set_defaults(func=_restore)
     down = sub.add_parser("down", help="stop VMs and delete their disks")
     down.add_argument("names", nargs="*")
     down.add_argument("--all", action="store_true")

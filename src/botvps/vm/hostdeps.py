@@ -33,7 +33,8 @@ def ensure() -> None:
             + "\ninstall them with: sudo apt-get install --no-install-recommends " + " ".join(needed)
         )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, stdout=sys.stderr, stdin=subprocess.DEVNULL)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *needed], check=True, env=env, stdout=sys.stderr
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *needed], check=True, env=env, stdout=sys.stderr,
+        stdin=subprocess.DEVNULL,
     )

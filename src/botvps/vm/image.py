@@ -179,6 +179,7 @@ def _customize(root: Path, suite: str) -> None:
         ["chroot", str(root), "systemctl", "enable", "systemd-networkd", "ssh", "botvps-firstboot"],
         check=True,
         capture_output=True,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -218,6 +219,7 @@ def build(suite: str, log=print) -> Image:
             ],
             check=True,
             stdout=sys.stderr,
+            stdin=subprocess.DEVNULL,
         )
         _customize(root, suite)
         out = work / "image"
@@ -225,9 +227,9 @@ def build(suite: str, log=print) -> Image:
         _boot_files(root, out)
         raw = work / "rootfs.raw"
         subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), DISK_SIZE], check=True,
-                       stdout=sys.stderr)
+                       stdout=sys.stderr, stdin=subprocess.DEVNULL)
         subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "rootfs.qcow2")], check=True,
-                       stdout=sys.stderr)
+                       stdout=sys.stderr, stdin=subprocess.DEVNULL)
         (out / "image.json").write_text(json.dumps({"suite": suite, "packages": PACKAGES, "key": cache_key(suite)}))
         if final.exists():
             shutil.rmtree(final)

@@ -72,11 +72,6 @@ class VM:
     def console(self) -> GuestAgent:
         return GuestAgent(self.qga_socket)
 
-    def forget_ssh_counts(self) -> None:
-        """From the console: ufw's SSH limit forgets the controller's connections (checks open many, and the
-        operator's next command must not find the door shut for their sake)."""
-        self.console().run(FORGET_SSH_COUNTS)
-
     def pid(self) -> int | None:
         return _qemu_pid(self.directory)
 
@@ -105,13 +100,13 @@ class VM:
             "ansible_ssh_common_args": " ".join(self.ssh_options()[:6]),
         }
 
-    def save(self) -> None:
+    def write(self) -> None:
         (self.directory / "vm.json").write_text(json.dumps(asdict(self), indent=2))
 
-    def qmp(self, command: str, arguments: dict | None = None) -> dict:
+    def qmp(self, command: str, arguments: dict | None = None, timeout: float = 10) -> dict:
         """One QEMU monitor command (system_reset, set_link, ...)."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
+            sock.settimeout(timeout)
             sock.connect(str(self.qmp_socket))
             reader = sock.makefile("rb")
             json.loads(reader.readline())  # greeting
@@ -130,6 +125,54 @@ class VM:
 
     def set_link(self, up: bool) -> None:
         self.qmp("set_link", {"name": "net0", "up": up})
+
+    def pause(self) -> None:
+        """Freeze the guest (QMP stop): to the world it is a server that stopped answering."""
+        self.qmp("stop")
+
+    def resume(self) -> None:
+        self.qmp("cont")
+
+    def _monitor(self, command_line: str, timeout: float) -> None:
+        """An HMP command through QMP; HMP reports failure as text, which is raised."""
+        output = str(self.qmp("human-monitor-command", {"command-line": command_line}, timeout=timeout)
+                     .get("return", "")).strip()
+        if output:
+            raise VMError(f"VM {self.name}: {command_line}: {output}")
+
+    def snapshots(self) -> list[str]:
+        """The tags of the internal snapshots in the VM's disk (QMP query-block)."""
+        tags = []
+        for device in self.qmp("query-block").get("return", []):
+            image = (device.get("inserted") or {}).get("image") or {}
+            tags += [snapshot["name"] for snapshot in image.get("snapshots", [])]
+        return tags
+
+    def save(self, tag: str, timeout: float = 600) -> float:
+        """Save the running guest whole (disk and memory) as internal snapshot ``tag``; seconds taken.
+
+        The guest is paused while QEMU writes its memory into the disk's qcow2 and runs on afterwards.
+        """
+        started = time.monotonic()
+        self._monitor(f"savevm {tag}", timeout)
+        return time.monotonic() - started
+
+    def restore(self, tag: str, timeout: float = 600) -> float:
+        """Put the guest back exactly as it was when ``tag`` was saved; seconds taken.
+
+        The guest then runs on from that instant, so afterwards its clock is set to now (timesyncd,
+        which watches for clock jumps, then measures it again) and the controller's SSH connections to it,
+        which the guest no longer knows, are closed.
+        """
+        started = time.monotonic()
+        self._monitor(f"loadvm {tag}", timeout)
+        drop_control_sockets(self)
+        agent = self.console()
+        agent.wait(60)
+        set_clock = agent.run(f"date -u -s @{time.time() + 0.2:.3f} >/dev/null", timeout=30)
+        if set_clock.exit_code != 0:
+            raise VMError(f"VM {self.name}: could not set its clock after the restore: {set_clock.stderr}")
+        return time.monotonic() - started
 
 
 def _qemu_pid(directory: Path) -> int | None:
@@ -234,8 +277,11 @@ def up(
     boot_timeout: float = 180.0,
     log=print,
     apt_cache: bool | None = None,
+    snapshot: str | None = None,
 ) -> VM:
-    """Boot a fresh VM handed over as a provider would (``root`` or ``debian`` with a key)."""
+    """Boot a fresh VM handed over as a provider would (``root`` or ``debian`` with a key); with ``snapshot``,
+    save it as that internal snapshot once it answers (drills that start before anything is provisioned
+    restore it instead of booting another VM)."""
     if not NAME_RE.match(name):
         raise VMError(f"VM name {name!r}: use lowercase letters, digits and '-', starting with a letter or digit")
     if user not in HANDOVER_USERS:
@@ -257,14 +303,16 @@ def up(
     )
     vm.directory.mkdir(parents=True)
     vm.directory.chmod(0o700)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"botvps-{name}", "-f", str(vm.key_file)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"botvps-{name}", "-f", str(vm.key_file)],
+                   check=True, stdin=subprocess.DEVNULL)
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(img.disk), "-F", "qcow2", str(vm.directory / "disk.qcow2")],
-        check=True,
+        check=True, stdin=subprocess.DEVNULL,
     )
-    vm.save()
+    vm.write()
     started = time.monotonic()
-    result = subprocess.run(_qemu_command(vm, img), capture_output=True, text=True)
+    # QEMU gets a stdin of its own: it must never change the operator's terminal (see accel.kvm_boots).
+    result = subprocess.run(_qemu_command(vm, img), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         shutil.rmtree(vm.directory, ignore_errors=True)
         raise VMError(f"qemu failed to start {name}: {result.stderr.strip()}")
@@ -278,7 +326,10 @@ def up(
     except BaseException:
         down(name)
         raise
-    log(f"VM {name} (Debian {image.SUITES[vm.suite]}, {vm.accel}) reached SSH in {time.monotonic() - started:.1f} s on 127.0.0.1:{vm.ssh_port}")
+    log(f"VM {name} (Debian {image.SUITES[vm.suite]}, {vm.accel}) reached SSH in {time.monotonic() - started:.1f} s "
+        f"on 127.0.0.1:{vm.ssh_port}")
+    if snapshot:
+        log(f"VM {name}: saved as snapshot {snapshot!r} in {vm.save(snapshot):.1f} s")
     return vm
 
 
@@ -304,9 +355,25 @@ def wait_ssh(vm: VM, timeout: float = 180.0) -> None:
     raise VMError(f"VM {vm.name}: sshd not running {timeout:.0f} s after the reboot; see {vm.serial_log}")
 
 
+def drop_control_sockets(vm: VM) -> list[Path]:
+    """Close the controller's multiplexed SSH connections to ``vm`` (every port it forwards); the closed sockets."""
+    closed = []
+    for port in {vm.ssh_port, *vm.forwards.values()}:
+        for socket_path in paths.control_dir().glob(f"127.0.0.1-{port}-*"):
+            subprocess.run(["ssh", "-o", f"ControlPath={socket_path}", "-O", "exit", "botvps-vm"],
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=10)
+            socket_path.unlink(missing_ok=True)
+            closed.append(socket_path)
+    return closed
+
+
 def down(name: str) -> bool:
     """Stop the VM and delete its overlay; True when a qemu process was stopped."""
     directory = paths.vms_dir() / name
+    try:
+        drop_control_sockets(load(name))
+    except (VMError, TypeError, ValueError, OSError, subprocess.SubprocessError):
+        pass
     stopped = False
     pid = _qemu_pid(directory)
     if pid:
