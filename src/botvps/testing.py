@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,11 +36,31 @@ def _terminate(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# molecule's "INFO [SCENARIO > ACTION] Executing" lines: where each phase starts.
+PHASE = re.compile(r"^INFO\s+\[(?P<scenario>[^ >\]]+) > (?P<action>[^\]]+)\] Executing")
+
+
 def _run(title: str, command: list[str], env: dict[str, str | None] | None = None) -> tuple[str, int, float]:
+    """Run ``command`` with its output passed through; molecule's phases (create, converge, idempotence, verify,
+    ...) are timed on the way and printed after it."""
     print(f"\n=== {title}: {' '.join(command)}", flush=True)
     started = time.monotonic()
-    code = subprocess.run(command, cwd=PROJECT_ROOT, env=runner.environment(env), stdin=subprocess.DEVNULL).returncode
-    return title, code, time.monotonic() - started
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=runner.environment(env), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    phases: list[tuple[str, float]] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        sys.stdout.write(line)
+        match = PHASE.match(line)
+        if match:
+            phases.append((match["action"], time.monotonic()))
+    code = process.wait()
+    ended = time.monotonic()
+    if phases:
+        rows = [f"{action} {(until - since):.0f} s" for (action, since), (_, until) in
+                zip(phases, [*phases[1:], ("end", ended)])]
+        print(f"=== {title} phases: " + ", ".join(rows), flush=True)
+    return title, code, ended - started
 
 
 def fresh_home() -> dict[str, str | None]:

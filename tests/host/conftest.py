@@ -37,6 +37,7 @@ def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = Non
 # idempotence). A drill marked restore(TAG) gets the VM back as TAG before it starts, so what one drill breaks
 # never reaches the next, and no drill re-provisions only to repair what the one before it did.
 BOOTED, PROVISIONED = "booted", "provisioned"
+DRILLS: set[str] = set()  # node ids of this session's drills (for the summary of where verify's time went)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,8 +56,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "fresh_rate_limit" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.connections)
-    items.sort(key=lambda item: item.get_closest_marker("late") is not None
-               or item.get_closest_marker("restore") is not None)
+    items.sort(key=_is_drill)
+    DRILLS.update(item.nodeid for item in items if _is_drill(item))
+
+
+def _is_drill(item: pytest.Item) -> bool:
+    return item.get_closest_marker("late") is not None or item.get_closest_marker("restore") is not None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """The verify phase's time split: checks of the provisioned state, then the drills (CI's budget)."""
+    drills = DRILLS
+    spent = {"read-only checks": 0.0, "drills": 0.0}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                spent["drills" if report.nodeid in drills else "read-only checks"] += report.duration
+    if any(spent.values()):
+        terminalreporter.write_line("verify phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in spent.items()))
 
 
 @pytest.fixture(scope="session")

@@ -155,6 +155,7 @@ class VM:
         """
         started = time.monotonic()
         self._monitor(f"savevm {tag}", timeout)
+        self._set_clock()  # the guest's clock stood still while it was paused
         return time.monotonic() - started
 
     def restore(self, tag: str, timeout: float = 600) -> float:
@@ -167,12 +168,29 @@ class VM:
         started = time.monotonic()
         self._monitor(f"loadvm {tag}", timeout)
         drop_control_sockets(self)
+        self._set_clock()
+        return time.monotonic() - started
+
+    def _set_clock(self) -> None:
+        """Set the guest's clock to the controller's through the guest agent (after a pause, save or restore)."""
         agent = self.console()
         agent.wait(60)
-        set_clock = agent.run(f"date -u -s @{time.time() + 0.2:.3f} >/dev/null", timeout=30)
+        # The guest's offset, read twice; the read with the shorter round trip counts (its error is at most half
+        # of it). The guest then shifts its own clock by it, so the agent's delay in starting that does not count.
+        readings = []
+        for _ in range(2):
+            before = time.time()
+            guest = agent.run("date +%s.%N", timeout=30)
+            after = time.time()
+            if guest.exit_code == 0:
+                readings.append((after - before, (before + after) / 2 - float(guest.stdout)))
+        if not readings:
+            raise VMError(f"VM {self.name}: could not read its clock")
+        offset = min(readings)[1]
+        shift = f"import time; time.clock_settime(time.CLOCK_REALTIME, time.time() + {offset:.6f})"
+        set_clock = agent.run(f"python3 -c '{shift}'", timeout=30)
         if set_clock.exit_code != 0:
-            raise VMError(f"VM {self.name}: could not set its clock after the restore: {set_clock.stderr}")
-        return time.monotonic() - started
+            raise VMError(f"VM {self.name}: could not set its clock: {set_clock.stderr}")
 
 
 def _qemu_pid(directory: Path) -> int | None:
