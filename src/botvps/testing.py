@@ -51,6 +51,7 @@ def _run(title: str, command: list[str], env: dict[str, str | None] | None = Non
     assert process.stdout is not None
     for line in process.stdout:
         sys.stdout.write(line)
+        sys.stdout.flush()
         match = PHASE.match(line)
         if match:
             phases.append((match["action"], time.monotonic()))

@@ -397,6 +397,8 @@ def test_bot_does_not_start_with_a_key_that_fails_the_audit(agent, bots, planted
 
 
 @pytest.mark.lab
+@pytest.mark.restore("provisioned")
+@pytest.mark.drills("retire")
 def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, bots, tmp_path) -> None:
     """gamma joins (a copy of a bot without an exchange), then leaves the inventory: the next run stops
     it as any stop does (its signal, its time), deletes its unit, secrets file and code, keeps its
@@ -419,25 +421,20 @@ def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, 
     # No vaulted secret (the lab vault has none for gamma): simplebot takes its "key" from the environment.
     gamma = {**template, "name": "gamma", "secrets": [],
              "environment": {"SIMPLEBOT_KEY_VAR": "GAMMA_DEMO_ID", "GAMMA_DEMO_ID": "not-an-api-key"}}
-    try:
-        provision_bots(bots=[*bots, gamma])
-        wait_active(agent, "botvps-bot-gamma.service")
-        ok(agent, "test -f /etc/botvps/gamma/secrets.env && test -d /opt/botvps/gamma/app")
-        ok(agent, "echo kept > /var/lib/botvps/gamma/marker")
-        since = guest_now(agent)
-        time.sleep(1)
-        retired = provision_bots()  # molecule's bots only: gamma is gone from the inventory
-        assert retired.changed >= 1
-        assert show(agent, "botvps-bot-gamma.service", "LoadState")["LoadState"] == "not-found"
-        assert run(agent, "pgrep -u bot-gamma").exit_code == 1, "a process of the retired bot still runs"
-        assert run(agent, "test -e /etc/botvps/gamma || test -e /opt/botvps/gamma").exit_code == 1
-        assert ok(agent, "cat /var/lib/botvps/gamma/marker").strip() == "kept", "the retired bot's state was deleted"
-        log = journal_since(agent, "botvps-bot-gamma.service", since)
-        assert "clean exit" in log and "SIGKILL" not in log, log[-800:]
-        for name, pid in others.items():
-            assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{name} was restarted"
-        assert provision_bots().changed == 0
-    finally:
-        run(agent, "systemctl disable --now botvps-bot-gamma.service; rm -f /etc/systemd/system/botvps-bot-gamma.service; "
-                   "rm -rf /etc/botvps/gamma /opt/botvps/gamma /var/lib/botvps/gamma; userdel bot-gamma; "
-                   "systemctl daemon-reload; systemctl reset-failed botvps-bot-gamma.service")
+    provision_bots(bots=[*bots, gamma])
+    wait_active(agent, "botvps-bot-gamma.service")
+    ok(agent, "test -f /etc/botvps/gamma/secrets.env && test -d /opt/botvps/gamma/app")
+    ok(agent, "echo kept > /var/lib/botvps/gamma/marker")
+    since = guest_now(agent)
+    time.sleep(1)
+    retired = provision_bots()  # molecule's bots only: gamma is gone from the inventory
+    assert retired.changed >= 1
+    assert show(agent, "botvps-bot-gamma.service", "LoadState")["LoadState"] == "not-found"
+    assert run(agent, "pgrep -u bot-gamma").exit_code == 1, "a process of the retired bot still runs"
+    assert run(agent, "test -e /etc/botvps/gamma || test -e /opt/botvps/gamma").exit_code == 1
+    assert ok(agent, "cat /var/lib/botvps/gamma/marker").strip() == "kept", "the retired bot's state was deleted"
+    log = journal_since(agent, "botvps-bot-gamma.service", since)
+    assert "clean exit" in log and "SIGKILL" not in log, log[-800:]
+    for name, pid in others.items():
+        assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{name} was restarted"
+    assert provision_bots().changed == 0

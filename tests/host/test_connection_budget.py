@@ -25,11 +25,11 @@ from botvps.paths import PROJECT_ROOT
 from botvps.report import command as report_command
 from botvps.vm import inventory, machine
 
-# On one scenario (Ansible's own strategy, botvps' default): BOTVPS_BUDGET_CHECKS=1 (molecule debian13 sets it).
+# On one scenario (Ansible's own strategy, botvps' default): BOTVPS_DRILLS=budget (molecule debian13 sets it).
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.restore(PROVISIONED),
-    pytest.mark.skipif(os.environ.get("BOTVPS_BUDGET_CHECKS") != "1", reason="set BOTVPS_BUDGET_CHECKS=1"),
+    pytest.mark.drills("budget"),
 ]
 # What `invoke demo` runs (botvps.demo), without the drills that run late.
 DEMO_CHECKS = "not lab and not connections and not late"

@@ -1,7 +1,7 @@
 """Fault drills: a provision cut off or starved is safe to repeat, and a crashing bot is contained.
 
 These change the VM on purpose (a reset, a full disk, a dead link), so they run last (marker
-``late``, see conftest) and only where asked: ``BOTVPS_FAULT_DRILLS=1`` (molecule's debian13
+``late``, see conftest) and only where asked: ``BOTVPS_DRILLS=faults`` (molecule's debian13
 scenario sets it). Each starts from a snapshot of the VM (conftest's ``restore``): the provisioned
 server, or, for the drills that cut a first provision short, the server as it was handed over. The
 inventory is molecule's (two bots, vault with sentinel secrets).
@@ -28,7 +28,7 @@ from botvps.vm import inventory, machine
 pytestmark = [
     pytest.mark.late,
     pytest.mark.lab,
-    pytest.mark.skipif(os.environ.get("BOTVPS_FAULT_DRILLS") != "1", reason="set BOTVPS_FAULT_DRILLS=1 for fault drills"),
+    pytest.mark.drills("faults"),
 ]
 
 FILL = "/var/tmp/botvps-drill-fill"

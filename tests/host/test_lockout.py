@@ -11,7 +11,7 @@ OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeJvdDeuhtJMr4YHSQJU/6K7jQLkgd
 
 
 # Each drill starts from the provisioned VM's snapshot: what one breaks never reaches the next.
-pytestmark = [pytest.mark.lab, pytest.mark.restore("provisioned")]
+pytestmark = [pytest.mark.lab, pytest.mark.restore("provisioned"), pytest.mark.drills("lockout")]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ MARKER = "/var/lib/botvps-drill-marker"
 BROKEN = "/etc/ssh/sshd_config.d/00-botvps.conf"
 
 # Not the demo's: it restores molecule's VM to its snapshot.
-pytestmark = [pytest.mark.lab, pytest.mark.restore(PROVISIONED)]
+pytestmark = [pytest.mark.lab, pytest.mark.restore(PROVISIONED), pytest.mark.drills("snapshots")]
 
 
 def test_a_drill_may_break_the_server(vm, console):
