@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from botvps import provision, runner, validate
 from botvps.paths import PROJECT_ROOT
@@ -145,6 +146,12 @@ def pack(backup: Backup, bots: list[str], dest: Path) -> Path:
 # ---------------------------------------------------------------- what to back up
 
 
+def declared_bots(hostvars: Mapping[str, Any]) -> list[dict]:
+    """The bots a host's inventory deploys (entries with a name; those marked state: absent are retired)."""
+    return [b for b in hostvars.get("bots") or [] if isinstance(b, dict) and isinstance(b.get("name"), str)
+            and b.get("state", "present") != "absent"]
+
+
 def select(hosts: Mapping[str, Mapping], bot: str | None = None,
            host: str | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """({host: its bots to back up}, problems): every bot of every host, or only ``host`` / ``bot``."""
@@ -154,7 +161,7 @@ def select(hosts: Mapping[str, Mapping], bot: str | None = None,
     for name, hv in hosts.items():
         if host and name != host:
             continue
-        bots = [b.get("name") for b in hv.get("bots") or [] if isinstance(b, dict) and isinstance(b.get("name"), str)]
+        bots = [b["name"] for b in declared_bots(hv)]
         if bot:
             bots = [b for b in bots if b == bot]
         if bots:

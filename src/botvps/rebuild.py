@@ -67,10 +67,6 @@ class RestorePlan:
     problems: list[str] = field(default_factory=list)
 
 
-def declared_bots(hostvars: Mapping[str, Any]) -> list[dict]:
-    return [b for b in hostvars.get("bots") or [] if isinstance(b, dict) and isinstance(b.get("name"), str)]
-
-
 def plan(manifest: Mapping[str, Any], host: str, bots: list[dict]) -> RestorePlan:
     """Which bots get the backup's state on ``host`` (which declares ``bots``), and what stops the rebuild."""
     result = RestorePlan(host)
@@ -184,7 +180,7 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
               "as a new host with the same bots (and remove the old one).", file=sys.stderr)
         return finish(2)
     hv = hosts[host]
-    bots = declared_bots(hv)
+    bots = backups.declared_bots(hv)
     new_ip = str(hv.get("static_ipv4") or "")
     backup = None
     restore_plan = RestorePlan(host, fresh=[b["name"] for b in bots])

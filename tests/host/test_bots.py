@@ -399,10 +399,11 @@ def test_bot_does_not_start_with_a_key_that_fails_the_audit(agent, bots, planted
 @pytest.mark.lab
 @pytest.mark.restore("provisioned")
 @pytest.mark.drills("retire")
-def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, bots, tmp_path) -> None:
-    """gamma joins (a copy of a bot without an exchange), then leaves the inventory: the next run stops
-    it as any stop does (its signal, its time), deletes its unit, secrets file and code, keeps its
-    state, and restarts no other bot; the run after that changes nothing."""
+def test_a_bot_retired_by_state_absent_is_stopped_and_its_key_deleted(agent, bots, tmp_path) -> None:
+    """gamma joins (a copy of a bot without an exchange), then its entry goes missing: it keeps running
+    (same MainPID) and the run names it. Then its entry says state: absent: the next run stops it as any
+    stop does (its signal, its time), deletes its unit, secrets file and code, keeps its state, and restarts
+    no other bot; the run after that changes nothing."""
     from conftest import lab_provision
 
     from botvps.vm import machine
@@ -425,9 +426,14 @@ def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, 
     wait_active(agent, "botvps-bot-gamma.service")
     ok(agent, "test -f /etc/botvps/gamma/secrets.env && test -d /opt/botvps/gamma/app")
     ok(agent, "echo kept > /var/lib/botvps/gamma/marker")
+    gamma_pid = wait_active(agent, "botvps-bot-gamma.service")
+    missing = provision_bots()  # molecule's bots only: gamma's entry is missing (a typo, a lost file)
+    assert wait_active(agent, "botvps-bot-gamma.service") == gamma_pid, "a bot missing from the inventory was stopped"
+    said = " ".join(missing.output.split())  # Ansible wraps its warnings
+    assert "left as they are: gamma" in said and "state: absent" in said, missing.output[-2000:]
     since = guest_now(agent)
     time.sleep(1)
-    retired = provision_bots()  # molecule's bots only: gamma is gone from the inventory
+    retired = provision_bots(bots=[*bots, {**gamma, "state": "absent"}])
     assert retired.changed >= 1
     assert show(agent, "botvps-bot-gamma.service", "LoadState")["LoadState"] == "not-found"
     assert run(agent, "pgrep -u bot-gamma").exit_code == 1, "a process of the retired bot still runs"
@@ -437,4 +443,4 @@ def test_a_bot_removed_from_the_inventory_is_stopped_and_its_key_deleted(agent, 
     assert "clean exit" in log and "SIGKILL" not in log, log[-800:]
     for name, pid in others.items():
         assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{name} was restarted"
-    assert provision_bots().changed == 0
+    assert provision_bots(bots=[*bots, {**gamma, "state": "absent"}]).changed == 0

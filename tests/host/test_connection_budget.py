@@ -9,7 +9,6 @@ is judged on its own (ufw's counts forgotten before it, never after).
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys

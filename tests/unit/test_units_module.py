@@ -47,10 +47,11 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def spec(host: Path, keep: list[str], units: list[str] | None = None) -> dict:
+def spec(host: Path, keep: list[str], units: list[str] | None = None, names: tuple[str, ...] = ("gamma",)) -> dict:
     return {
         "unit_glob": f"{host}/units/botvps-bot-*.service",
         "keep": keep,
+        "names": list(names),
         "name_pattern": "^[a-z][a-z0-9-]{0,30}$",
         "units": units if units is not None else ["botvps-keyaudit@{name}.timer", "botvps-bot-{name}.service"],
         "paths": [f"{host}/units/botvps-bot-{{name}}.service", f"{host}/etc/{{name}}", f"{host}/opt/{{name}}"],
@@ -62,7 +63,9 @@ def run(units_mod: ModuleType, capsys: pytest.CaptureFixture[str]):
     def _run(check: bool = False, **options) -> dict:
         with patch_module_args({"_ansible_check_mode": check, **options}), pytest.raises(SystemExit):
             units_mod.main()
-        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        captured = capsys.readouterr()
+        # Warnings are in the result, or, once controller code is loaded in this process, shown on stderr.
+        return {**json.loads(captured.out.strip().splitlines()[-1]), "_stderr": captured.err}
 
     return _run
 
@@ -72,7 +75,7 @@ def calls(host: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_a_bot_no_longer_kept_is_stopped_disabled_and_removed_but_its_state_stays(host: Path, run) -> None:
+def test_a_retired_bot_is_stopped_disabled_and_removed_but_its_state_stays(host: Path, run) -> None:
     result = run(retire=spec(host, ["alpha", "beta"]))
     assert result["changed"] and result["retired_now"] == ["gamma"]
     assert calls(host) == ["disable --now botvps-keyaudit@gamma.timer botvps-bot-gamma.service",
@@ -93,8 +96,29 @@ def test_check_mode_names_the_bot_and_changes_nothing(host: Path, run) -> None:
 
 def test_nothing_to_retire_changes_nothing(host: Path, run) -> None:
     result = run(retire=spec(host, ["alpha", "beta", "gamma"]))
-    assert not result["changed"] and result["retired_now"] == []
+    assert not result["changed"] and result["retired_now"] == [] and result["undeclared"] == []
     assert calls(host) == []
+
+
+def test_a_bot_missing_from_the_inventory_is_left_running_and_named(host: Path, run) -> None:
+    """Not kept and not retired (a typo, a lost host_vars file): nothing stops, the warning names it."""
+    result = run(retire=spec(host, ["alpha"], names=()))
+    assert not result["changed"] and result["retired_now"] == [] and result["undeclared"] == ["beta", "gamma"]
+    assert calls(host) == []
+    assert (host / "etc/beta/secrets.env").exists() and (host / "units/botvps-bot-gamma.service").exists()
+    warned = " ".join((json.dumps(result.get("warnings", [])) + result["_stderr"]).split())
+    assert "left as they are: beta, gamma" in warned and "state: absent" in warned
+
+
+def test_only_the_named_bot_is_retired(host: Path, run) -> None:
+    result = run(retire=spec(host, ["alpha"], names=("gamma",)))
+    assert result["retired_now"] == ["gamma"] and result["undeclared"] == ["beta"]
+    assert (host / "etc/beta/secrets.env").exists() and not (host / "etc/gamma").exists()
+
+
+def test_a_name_both_kept_and_retired_is_kept(host: Path, run) -> None:
+    result = run(retire=spec(host, ["alpha", "beta", "gamma"], names=("gamma",)))
+    assert result["retired_now"] == [] and calls(host) == []
 
 
 def test_a_bot_that_cannot_be_stopped_keeps_its_files(host: Path, run) -> None:

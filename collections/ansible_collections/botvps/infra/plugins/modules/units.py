@@ -10,9 +10,11 @@ module: units
 short_description: Enable, start and restart several systemd units in one call
 description:
   - Asks systemd once for the state of every unit, then enables and starts only those that need it.
-  - With O(retire), first retires the instances of a unit family that are no longer wanted: each
-    unit file matching O(retire.unit_glob) whose name is not in O(retire.keep) has its units
-    stopped (each by its own KillSignal and TimeoutStopSec) and disabled, then its paths removed.
+  - With O(retire), first retires the instances of a unit family the operator retired: each unit file
+    matching O(retire.unit_glob) whose name is in O(retire.names) has its units stopped (each by its own
+    KillSignal and TimeoutStopSec) and disabled, then its paths removed.
+  - An instance found on the host that is neither kept nor retired is left as it is (running, if it runs), named
+    in a warning and in RV(undeclared): a name missing from the inventory is as likely a typo as an intent.
 options:
   retire:
     description: Retire what a unit family no longer needs; the C(*) in the glob is the instance's name.
@@ -24,6 +26,11 @@ options:
         required: true
       keep:
         description: Names to keep.
+        type: list
+        elements: str
+        default: []
+      names:
+        description: Names to retire (the operator said so, e.g. C(state=absent)); a name also in O(retire.keep) is kept.
         type: list
         elements: str
         default: []
@@ -65,6 +72,7 @@ author: [botvps]
 
 RETURN = r"""
 retired_now: {description: Names this call retired (in check mode, would retire), type: list, returned: always}
+undeclared: {description: Instances on the host neither kept nor retired, left as they are, type: list, returned: always}
 enabled_now: {description: Units this call enabled, type: list, returned: always}
 started_now: {description: Units this call started, type: list, returned: always}
 restarted_now: {description: Units this call restarted, type: list, returned: always}
@@ -85,16 +93,26 @@ def states(module: AnsibleModule, systemctl: str, verb: str, units: list[str]) -
     return out.split()
 
 
-def retire(module: AnsibleModule, systemctl: str, spec: dict) -> list[str]:
-    """Stop, disable and remove every instance of spec's family that is not kept; return their names."""
+def instances(module: AnsibleModule, spec: dict) -> list[str]:
+    """The names of spec's family found on the host (only names matching its pattern are ours)."""
     if spec["unit_glob"].count("*") != 1 or not os.path.isabs(spec["unit_glob"]):
         module.fail_json(msg=f"retire.unit_glob must be an absolute path with one *: {spec['unit_glob']}")
     head, _, tail = spec["unit_glob"].partition("*")
     pattern = re.compile(spec["name_pattern"])
-    names = sorted(path[len(head):len(path) - len(tail)] for path in glob.glob(spec["unit_glob"]))
-    names = [n for n in names if pattern.fullmatch(n) and "/" not in n and n not in (".", "..") and n not in spec["keep"]]
+    found = sorted(path[len(head):len(path) - len(tail)] for path in glob.glob(spec["unit_glob"]))
+    return [n for n in found if pattern.fullmatch(n) and "/" not in n and n not in (".", "..")]
+
+
+def retire(module: AnsibleModule, systemctl: str, spec: dict) -> tuple[list[str], list[str]]:
+    """Stop, disable and remove the instances of spec's family named to retire; return those and the undeclared."""
+    found = [n for n in instances(module, spec) if n not in spec["keep"]]
+    names = [n for n in found if n in spec["names"]]
+    undeclared = [n for n in found if n not in spec["names"]]
+    if undeclared:
+        module.warn(f"found on the host but not in the inventory, left as they are: {', '.join(undeclared)}. "
+                    "Add them back to the inventory to keep them, or give each entry state: absent to retire it.")
     if not names or module.check_mode:
-        return names
+        return names, undeclared
     for name in names:
         units = [u.replace("{name}", name) for u in spec["units"]]
         if units:
@@ -110,7 +128,7 @@ def retire(module: AnsibleModule, systemctl: str, spec: dict) -> list[str]:
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.unlink(path)
-    return names
+    return names, undeclared
 
 
 def main() -> None:
@@ -123,6 +141,7 @@ def main() -> None:
             "retire": {"type": "dict", "options": {
                 "unit_glob": {"type": "str", "required": True},
                 "keep": {"type": "list", "elements": "str", "default": []},
+                "names": {"type": "list", "elements": "str", "default": []},
                 "name_pattern": {"type": "str", "required": True},
                 "units": {"type": "list", "elements": "str", "default": []},
                 "paths": {"type": "list", "elements": "str", "default": []},
@@ -132,7 +151,7 @@ def main() -> None:
     )
     systemctl = module.get_bin_path("systemctl", required=True)
     p = module.params
-    retired = retire(module, systemctl, p["retire"]) if p["retire"] else []
+    retired, undeclared = retire(module, systemctl, p["retire"]) if p["retire"] else ([], [])
     if (p["daemon_reload"] or retired) and not module.check_mode:  # after retiring: their unit files are gone
         module.run_command([systemctl, "daemon-reload"], check_rc=True)
     enabled_states = states(module, systemctl, "is-enabled", p["enabled"])
@@ -156,7 +175,7 @@ def main() -> None:
             rc, out, err = module.run_command([systemctl, "restart", *to_restart])
             if rc != 0:
                 module.fail_json(msg=f"could not restart {', '.join(to_restart)}: {err or out}")
-    module.exit_json(changed=changed, retired_now=retired, enabled_now=to_enable, started_now=to_start, restarted_now=to_restart)
+    module.exit_json(changed=changed, retired_now=retired, undeclared=undeclared, enabled_now=to_enable, started_now=to_start, restarted_now=to_restart)
 
 
 if __name__ == "__main__":
