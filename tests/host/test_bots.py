@@ -444,3 +444,38 @@ def test_a_bot_retired_by_state_absent_is_stopped_and_its_key_deleted(agent, bot
     for name, pid in others.items():
         assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{name} was restarted"
     assert provision_bots(bots=[*bots, {**gamma, "state": "absent"}]).changed == 0
+
+
+@pytest.mark.lab
+@pytest.mark.restore("provisioned")
+@pytest.mark.drills("retire")
+def test_a_typo_or_a_misnamed_host_vars_file_stops_no_bot(agent, bots, tmp_path) -> None:
+    """The host's bots written under ``bot:``, or kept in a host_vars file named after no host: the provision
+    says why, and every bot runs on with the same MainPID."""
+    import yaml
+    from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD
+
+    from botvps import provision
+    from botvps.vm import inventory, machine
+
+    vm = machine.load(VM_NAME)
+    before = {b["name"]: wait_active(agent, unit(b)) for b in bots}
+    group = yaml.safe_load((LAB_GROUP_VARS / "all" / "main.yml").read_text())
+    declared = group.pop("bots")
+    cases = {"typo": ({**group, "bot": declared}, None),
+             "host_vars": (group, f"{vm.name}-old")}  # the file of a host renamed since
+    for case, (group_vars, stray_host) in cases.items():
+        inv = inventory.write(vm, tmp_path / case, group_vars=LAB_GROUP_VARS)
+        (inv / "group_vars" / "all" / "main.yml").write_text(yaml.safe_dump(group_vars, sort_keys=False))
+        if stray_host:
+            (inv / "host_vars").mkdir()
+            (inv / "host_vars" / f"{stray_host}.yml").write_text(yaml.safe_dump({"bots": declared}))
+        result = provision.provision(inv, vault_password_file=LAB_VAULT_PASSWORD, extra=["--tags", "bots"],
+                                     echo=False)
+        said = " ".join(result.output.split())
+        refused = result.returncode != 0 and ("'bot'" in said or "bot:" in said or stray_host in said)
+        named = result.returncode == 0 and "left as they are: alpha, beta" in said
+        assert refused or named, f"{case}: the provision did not say why the bots are not deployed:\n" \
+                                 f"{result.output[-3000:]}"
+        for name, pid in before.items():
+            assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{case}: {name} was stopped or restarted"
