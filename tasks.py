@@ -26,9 +26,12 @@ def _exit(code: int) -> None:
 
 @task(help={"inventory": "inventory directory (default inventory/)", "limit": "only these hosts",
             "vault_password_file": "file with the vault password",
-            "progress": "one line per host and role instead of every task (for fleets)"})
-def provision(c, inventory="inventory", limit=None, vault_password_file=None, progress=False):
+            "progress": "one line per host and role instead of every task (for fleets)",
+            "check": "only show what would change on each host (retirements included); change nothing"})
+def provision(c, inventory="inventory", limit=None, vault_password_file=None, progress=False, check=False):
     """Harden the servers in the inventory and host their bots (safe to re-run)."""
+    if check:
+        _exit(provision_module.check(Path(inventory), limit=limit, vault_password_file=vault_password_file))
     result = provision_module.provision(Path(inventory), limit=limit, vault_password_file=vault_password_file,
                                         progress=progress)
     _exit(result.returncode)

@@ -665,7 +665,8 @@ def _change_detail(result: dict[str, Any]) -> str:
     paths = result.get("changed_paths") or _diff_paths(result.get("diff"))
     if paths:
         parts.append("would change " + ", ".join(str(p) for p in paths))
-    for key, label in (("added", "would add"), ("deleted", "would delete"), ("enabled_now", "would enable"),
+    for key, label in (("retired_now", "would retire"), ("added", "would add"), ("deleted", "would delete"),
+                       ("enabled_now", "would enable"),
                        ("started_now", "would start"), ("restarted_now", "would restart")):
         if result.get(key):
             parts.append(f"{label} {', '.join(str(v) for v in result[key])}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from botvps import runner, validate
+from botvps import drift, runner, validate
 from botvps.paths import PROJECT_ROOT
 
 SITE = PROJECT_ROOT / "playbooks" / "site.yml"
@@ -43,3 +43,16 @@ def provision(inventory: Path, limit: str | None = None, vault_password_file: st
                              env=fleet_environment(hosts, progress), echo=echo)
     print(runner.summary(result, "provision"))
     return result
+
+
+def check(inventory: Path, limit: str | None = None, vault_password_file: str | None = None) -> int:
+    """`invoke provision --check`: what a provision would change on each host (retirements included), changing
+    nothing: the inventory's checks, then the drift playbook without the verification suite."""
+    code, report = validate.check(inventory, vault_password_file)
+    if code != validate.EXIT_OK:
+        print(report)
+        return code
+    reports = drift.check(inventory, limit, vault_password_file, suite=False)
+    print("provision --check: what a provision would change (nothing was changed)")
+    print(drift.table(reports))
+    return drift.exit_code(reports)

@@ -620,3 +620,29 @@ def test_schedule_keeps_percent_and_dollar_literal_for_systemd(tmp_path):
     units = drift.schedule_units(Path("/srv/inv%1$x"), history_path=Path("/h/d.jsonl"), invoke=Path("/v/invoke"))
     exec_start = next(line for line in units["botvps-drift.service"].splitlines() if line.startswith("ExecStart="))
     assert "inv%%1$$x" in exec_start
+
+
+def test_a_retirement_in_check_mode_is_named() -> None:
+    """provision --check and drift show which bot a run would retire (the units module's retired_now)."""
+    assert drift._change_detail({"changed": True, "retired_now": ["gamma"]}) == "would retire gamma"  # noqa: SLF001
+
+
+def test_provision_check_refuses_a_bad_inventory_before_contacting_a_host(tmp_path, monkeypatch, capsys) -> None:
+    from botvps import provision
+
+    monkeypatch.setattr(drift, "check", lambda *a, **k: pytest.fail("a host was contacted"))
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    h1:\n      ansible_host: 127.0.0.1\n      ssh_port: many\n")
+    assert provision.check(tmp_path) != 0
+    assert "ssh_port" in capsys.readouterr().out
+
+
+def test_provision_check_prints_what_would_change(tmp_path, monkeypatch, capsys) -> None:
+    from botvps import provision
+
+    report = drift.HostReport("h1")
+    report.add("settings", "bots: Retire the bots marked absent: would retire gamma")
+    monkeypatch.setattr(provision.validate, "check", lambda *a, **k: (provision.validate.EXIT_OK, ""))
+    monkeypatch.setattr(drift, "check", lambda inventory, limit, vault, suite: [report] if not suite else [])
+    assert provision.check(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "nothing was changed" in out and "would retire gamma" in out
