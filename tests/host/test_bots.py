@@ -479,3 +479,29 @@ def test_a_typo_or_a_misnamed_host_vars_file_stops_no_bot(agent, bots, tmp_path)
                                  f"{result.output[-3000:]}"
         for name, pid in before.items():
             assert wait_active(agent, f"botvps-bot-{name}.service") == pid, f"{case}: {name} was stopped or restarted"
+
+
+@pytest.mark.lab
+@pytest.mark.restore("provisioned")
+@pytest.mark.drills("retire")
+def test_a_bot_is_not_restarted_into_a_certain_failure(agent, bots, tmp_path) -> None:
+    """alpha's command changed to a program that does not exist: it is not restarted (same MainPID) and the run
+    fails naming it. Then to one that exits at once (/bin/false): the run fails naming alpha and its journal."""
+    from conftest import lab_provision
+
+    from botvps.vm import machine
+
+    vm = machine.load(VM_NAME)
+    alpha = next(b for b in bots if b["name"] == "alpha")
+    others = [b for b in bots if b["name"] != "alpha"]
+    pid = wait_active(agent, "botvps-bot-alpha.service")
+    missing = lab_provision(vm, tmp_path / "missing", ["--tags", "bots"],
+                            bots=[{**alpha, "command": ["/usr/local/bin/no-such-bot"]}, *others])
+    said = " ".join(missing.output.split())
+    assert missing.returncode != 0 and "botvps-bot-alpha.service" in said and "not executable" in said, \
+        missing.output[-3000:]
+    assert wait_active(agent, "botvps-bot-alpha.service") == pid, "alpha was restarted into a certain failure"
+    crashing = lab_provision(vm, tmp_path / "crashing", ["--tags", "bots"],
+                             bots=[{**alpha, "command": ["/bin/false"]}, *others])
+    said = " ".join(crashing.output.split())
+    assert crashing.returncode != 0 and "journalctl -u botvps-bot-alpha.service" in said, crashing.output[-3000:]

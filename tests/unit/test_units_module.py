@@ -33,8 +33,20 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir.mkdir()
     systemctl = bin_dir / "systemctl"
     systemctl.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
-                         f'case "$*" in *fail-me*) exit 1;; esac\nexit 0\n')
+                         f'case "$*" in *fail-me*) exit 1;; esac\n'
+                         # is-active: none runs yet; show: the units named in the file "down" have failed
+                         f'if [ "$1" = is-active ]; then shift; for u in "$@"; do echo inactive; done; fi\n'
+                         f'if [ "$1" = show ]; then for u in "$@"; do case "$u" in *.service)\n'
+                         f'  if grep -qx "$u" {tmp_path}/down 2>/dev/null; then s=failed; else s=active; fi\n'
+                         f'  printf "Id=%s\\nActiveState=%s\\nSubState=x\\n\\n" "$u" "$s";; esac; done; fi\n'
+                         f'exit 0\n')
     systemctl.chmod(0o755)
+    analyze = bin_dir / "systemd-analyze"
+    analyze.write_text(f'#!/bin/sh\necho "analyze $*" >> {tmp_path}/calls\n'
+                       'case "$*" in *broken*) echo "botvps-bot-broken.service: Command /opt/x is not executable" >&2;'
+                       ' exit 1;;\n *unrelated*) echo "/lib/systemd/system/foo.service:3: Unknown key" >&2; exit 1;;'
+                       ' esac\nexit 0\n')
+    analyze.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     units = tmp_path / "units"
     units.mkdir()
@@ -132,3 +144,32 @@ def test_a_glob_without_one_star_is_refused(host: Path, run) -> None:
     result = run(retire=bad)
     assert result.get("failed") and "one *" in result["msg"]
     assert (host / "etc/gamma/secrets.env").exists()
+
+
+def test_a_bot_whose_new_unit_would_fail_is_not_restarted_and_named(host: Path, run) -> None:
+    """systemd-analyze verify rejects broken's unit: alpha restarts, broken keeps its old process, the call fails."""
+    result = run(restarted=["botvps-bot-alpha.service", "botvps-bot-broken.service"],
+                 verify=["botvps-bot-alpha.service", "botvps-bot-broken.service"])
+    assert result.get("failed") and "botvps-bot-broken.service: Command /opt/x is not executable" in result["msg"]
+    assert result["restarted_now"] == ["botvps-bot-alpha.service"]
+    assert "restart botvps-bot-alpha.service" in calls(host)
+    assert not any(c.startswith("restart") and "broken" in c for c in calls(host))
+
+
+def test_complaints_about_other_units_do_not_refuse_ours(host: Path, run) -> None:
+    result = run(restarted=["botvps-bot-unrelated.service"], verify=["botvps-bot-unrelated.service"])
+    assert not result.get("failed") and result["restarted_now"] == ["botvps-bot-unrelated.service"]
+
+
+def test_a_start_that_does_not_hold_fails_naming_the_journal(host: Path, run) -> None:
+    (host / "down").write_text("botvps-bot-beta.service\n")
+    result = run(started=["botvps-bot-alpha.service", "botvps-bot-beta.service"],
+                 verify=["botvps-bot-alpha.service", "botvps-bot-beta.service"], settle=1)
+    assert result.get("failed") and "botvps-bot-beta.service" in result["msg"]
+    assert "journalctl -u botvps-bot-beta.service" in result["msg"] and "alpha" not in result["msg"]
+
+
+def test_without_verify_nothing_is_checked_or_waited_for(host: Path, run) -> None:
+    (host / "down").write_text("botvps-bot-beta.service\n")
+    result = run(started=["botvps-bot-beta.service"], settle=1)
+    assert not result.get("failed") and not any(c.startswith("analyze") for c in calls(host))

@@ -67,6 +67,20 @@ options:
     description: Run systemctl daemon-reload first.
     type: bool
     default: false
+  verify:
+    description:
+      - Units to check with C(systemd-analyze verify) (its executables exist, its settings parse) before this call
+        starts or restarts them. One that fails is neither started nor restarted (a running one keeps running)
+        and the call fails naming it; the other units are handled first.
+    type: list
+    elements: str
+    default: []
+  settle:
+    description:
+      - Seconds to wait after starting or restarting units of O(verify); then each must be active, or the call
+        fails naming it and the command that shows its journal. V(0) does not wait.
+    type: int
+    default: 0
 author: [botvps]
 """
 
@@ -82,6 +96,7 @@ import glob
 import os
 import re
 import shutil
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -131,6 +146,34 @@ def retire(module: AnsibleModule, systemctl: str, spec: dict) -> tuple[list[str]
     return names, undeclared
 
 
+def verify(module: AnsibleModule, units: list[str]) -> dict[str, str]:
+    """The units among ``units`` that systemd-analyze verify rejects, with its first complaint about them
+    (complaints about other units on the host, which it may print too, do not count)."""
+    analyze = module.get_bin_path("systemd-analyze") if units and not module.check_mode else None
+    refused = {}
+    for unit in units if analyze else []:
+        rc, out, err = module.run_command([analyze, "verify", unit])
+        about = [line.strip() for line in f"{err}\n{out}".splitlines() if unit in line]
+        if rc != 0 and about:
+            refused[unit] = about[0]
+    return refused
+
+
+def settled(module: AnsibleModule, systemctl: str, units: list[str], seconds: int) -> list[str]:
+    """After ``seconds``, the units among ``units`` that are not active (a start that did not hold)."""
+    if not units or seconds <= 0 or module.check_mode:
+        return []
+    time.sleep(seconds)
+    _rc, out, _err = module.run_command([systemctl, "show", "-p", "Id", "-p", "ActiveState", "-p", "SubState", *units])
+    down = []
+    for block in out.strip().split("\n\n"):
+        state = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        # still in ExecStartPre (a key audit) is fine; failed, stopped, or waiting to restart after a crash is not
+        if state.get("ActiveState") in ("failed", "inactive", "deactivating") or state.get("SubState") == "auto-restart":
+            down.append(state.get("Id", "?"))
+    return down
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -138,6 +181,8 @@ def main() -> None:
             "started": {"type": "list", "elements": "str", "default": []},
             "restarted": {"type": "list", "elements": "str", "default": []},
             "daemon_reload": {"type": "bool", "default": False},
+            "verify": {"type": "list", "elements": "str", "default": []},
+            "settle": {"type": "int", "default": 0},
             "retire": {"type": "dict", "options": {
                 "unit_glob": {"type": "str", "required": True},
                 "keep": {"type": "list", "elements": "str", "default": []},
@@ -159,6 +204,10 @@ def main() -> None:
     active_states = states(module, systemctl, "is-active", p["started"])
     to_start = [u for u, s in zip(p["started"], active_states) if s != "active" and u not in p["restarted"]]
     to_restart = list(p["restarted"])
+    # Every run checks them all, so a refused change is named again until it is fixed.
+    refused = verify(module, p["verify"])
+    to_start = [u for u in to_start if u not in refused]
+    to_restart = [u for u in to_restart if u not in refused]
     changed = bool(retired or to_enable or to_start or to_restart)
     if changed and not module.check_mode:
         if to_enable:
@@ -175,7 +224,18 @@ def main() -> None:
             rc, out, err = module.run_command([systemctl, "restart", *to_restart])
             if rc != 0:
                 module.fail_json(msg=f"could not restart {', '.join(to_restart)}: {err or out}")
-    module.exit_json(changed=changed, retired_now=retired, undeclared=undeclared, enabled_now=to_enable, started_now=to_start, restarted_now=to_restart)
+    result = {"changed": changed, "retired_now": retired, "undeclared": undeclared, "enabled_now": to_enable,
+              "started_now": to_start, "restarted_now": to_restart}
+    if refused:
+        module.fail_json(msg="not started or restarted, since they would fail: " + "; ".join(
+            f"{unit}: {why}" for unit, why in refused.items()) + ". A running one keeps its old process; "
+            "fix the entry (command, source) and run again.", **result)
+    down = settled(module, systemctl, [u for u in [*to_start, *to_restart] if u in p["verify"]], p["settle"])
+    # (a unit of O(verify) that this call did not touch is not waited for: it was running, or not to be started)
+    if down:
+        module.fail_json(msg="started but not running after {0} s: {1}. See why: {2}".format(
+            p["settle"], ", ".join(down), "; ".join(f"journalctl -u {u} -n 50" for u in down)), **result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
