@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -80,14 +82,54 @@ def test_ansible_vault_cli_decrypts_it_and_values_are_unsafe(vault: Path, tmp_pa
     assert yaml.load(out, Loader=loader)["botvps_secrets"]["alpha"]["BINANCE_SECRET"] == TRICKY  # noqa: S506
 
 
-@pytest.mark.parametrize("bad", ["zq1line\nzq2line", "zqtrailing\n", "zqcr\rzqhere"])
-def test_newline_is_refused_naming_bot_and_variable_not_the_value(vault: Path, bad: str) -> None:
+def pem(sentinel: str = "SENTINELpem") -> str:
+    """An EC private key in PEM form, as Coinbase hands it out (the body is not a real key)."""
+    body = "MHcCAQEEI" + sentinel + "AoGCCqGSM49AwEHoUQDQgAE" + "x" * 20
+    return f"-----BEGIN EC PRIVATE KEY-----\n{body[:64]}\n{body[64:]}ZQ==\n-----END EC PRIVATE KEY-----\n"
+
+
+MULTILINE = [pem(), pem().rstrip("\n"), "line one\r\nline two\r\n", "  lead\n\ntrail  \n\t$x \"q\" `c` \\ {{ j }}",
+             "\nstarts with a newline", "ünïcødé\n€"]
+
+
+def view(vault: Path, tmp_path: Path) -> dict[str, Any]:
+    """The vault decrypted by the ansible-vault binary, !unsafe values as plain strings."""
+    password_file = tmp_path / "view-pw"
+    password_file.write_text(PASSWORD + "\n")
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-vault")), "view", "--vault-password-file",
+         str(password_file), str(vault)], capture_output=True, check=True).stdout
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!unsafe", lambda load, node: load.construct_scalar(node))
+    return yaml.load(out.decode("utf-8"), Loader=Loader)  # noqa: S506
+
+
+@pytest.mark.parametrize("value", MULTILINE)
+def test_multiline_values_are_stored_byte_for_byte(vault: Path, tmp_path: Path, value: str) -> None:
+    assert set_secret(vault, PASSWORD, "alpha", "COINBASE_SECRET", value) is True
+    assert get_secrets(vault, PASSWORD, "alpha") == {"COINBASE_SECRET": value}
+    assert view(vault, tmp_path)["botvps_secrets"]["alpha"]["COINBASE_SECRET"].encode() == value.encode()
+
+
+@pytest.mark.parametrize("bad", ["zqtrailing\n", "zqcrlf\r\n", "zqcr\r"])
+def test_one_line_ending_in_a_newline_is_refused_naming_the_variable_not_the_value(vault: Path, bad: str) -> None:
     with pytest.raises(SecretsError) as caught:
         set_secret(vault, PASSWORD, "alpha", "BINANCE_SECRET", bad)
     message = str(caught.value)
-    assert "alpha" in message and "BINANCE_SECRET" in message and "newline" in message
-    for piece in bad.split():
-        assert piece not in message
+    assert "alpha" in message and "BINANCE_SECRET" in message and "line break" in message
+    assert "zq" not in message
+    assert not vault.exists()
+
+
+@pytest.mark.parametrize(("bad", "reason"), [("zqa\x00zqb", "NUL byte"), ("zq\udcffzq", "not valid UTF-8"),
+                                             ("", "empty")])
+def test_nul_bad_unicode_and_empty_are_refused(vault: Path, bad: str, reason: str) -> None:
+    with pytest.raises(SecretsError) as caught:
+        set_secret(vault, PASSWORD, "alpha", "BINANCE_SECRET", bad)
+    assert reason in str(caught.value) and "BINANCE_SECRET" in str(caught.value) and "zq" not in str(caught.value)
     assert not vault.exists()
 
 
@@ -130,7 +172,7 @@ def test_cli_set_reads_stdin_and_never_prints_the_value(vault: Path, tmp_path: P
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     password_file = tmp_path / "pw"
     password_file.write_text(PASSWORD + "\n")
-    monkeypatch.setattr(sys, "stdin", io.StringIO(TRICKY + "\n"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(TRICKY.encode() + b"\n")))
     code = secrets.main(["set", "alpha", "BINANCE_SECRET", "--vault", str(vault),
                          "--vault-password-file", str(password_file)])
     out = capsys.readouterr()
@@ -141,16 +183,181 @@ def test_cli_set_reads_stdin_and_never_prints_the_value(vault: Path, tmp_path: P
     assert capsys.readouterr().out == "alpha BINANCE_SECRET\n"
 
 
-def test_cli_refuses_a_multiline_value_from_stdin(vault: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    password_file = tmp_path / "pw"
-    password_file.write_text(PASSWORD)
-    env = {**os.environ, "PYTHONPATH": str(Path(secrets.__file__).parents[1])}
+# ---------------------------------------------------------------- the command
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "vault-pass"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def run_set(vault: Path, password_file: Path, *flags: str, stdin: bytes = b"", name: str = "COINBASE_SECRET",
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """python -m botvps.secrets set alpha NAME ... (what the invoke task calls), stdin a pipe."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("VAULT_PASSWORD_FILE")}
+    env["PYTHONPATH"] = str(Path(secrets.__file__).parents[1])
     result = subprocess.run(
-        [sys.executable, "-m", "botvps.secrets", "set", "alpha", "BINANCE_SECRET", "--vault", str(vault),
-         "--vault-password-file", str(password_file)],
-        input="first-line-xyz\nsecond-line-xyz\n", capture_output=True, text=True, env=env)
-    assert result.returncode == 2
-    assert "alpha" in result.stderr and "BINANCE_SECRET" in result.stderr
-    assert "line-xyz" not in result.stderr + result.stdout
+        [*prefix, sys.executable, "-m", "botvps.secrets", "set", "alpha", name, "--vault", str(vault),
+         "--vault-password-file", str(password_file), *flags], input=stdin, capture_output=True, env=env, timeout=60)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("botvps.secrets: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_cli_stores_a_multiline_value_from_stdin_byte_for_byte(vault: Path, password_file: Path) -> None:
+    value = pem("SENTINELstdin")
+    result = run_set(vault, password_file, stdin=value.encode() + b"\n")
+    assert result.returncode == 0, result.stderr
+    assert "SENTINEL" not in result.stdout + result.stderr and "COINBASE_SECRET" in result.stderr
+    assert get_secrets(vault, PASSWORD, "alpha") == {"COINBASE_SECRET": value}
+
+
+@pytest.mark.parametrize(("flags", "stored"), [((), pem().rstrip("\n")), (("--keep-final-newline",), pem())])
+def test_cli_from_file_reads_the_files_bytes(vault: Path, password_file: Path, tmp_path: Path,
+                                             flags: tuple[str, ...], stored: str) -> None:
+    key_file = tmp_path / "cdp_api_key.pem"
+    key_file.write_bytes(pem().encode())
+    result = run_set(vault, password_file, "--from-file", str(key_file), *flags)
+    assert result.returncode == 0, result.stderr
+    assert "SENTINEL" not in result.stdout + result.stderr
+    assert get_secrets(vault, PASSWORD, "alpha") == {"COINBASE_SECRET": stored}
+
+
+@pytest.mark.parametrize(("data", "reason"), [(b"SENTINELa\xffSENTINELb\n", "is not valid UTF-8"),
+                                              (b"SENTINELa\x00SENTINELb\n", "NUL byte"),
+                                              (b"\xc3SENTINEL", "is not valid UTF-8")])
+def test_cli_refuses_bad_bytes_naming_the_variable(vault: Path, password_file: Path, tmp_path: Path,
+                                                   data: bytes, reason: str) -> None:
+    key_file = tmp_path / "bad.pem"
+    key_file.write_bytes(data)
+    for result in (run_set(vault, password_file, "--from-file", str(key_file)), run_set(vault, password_file,
+                                                                                         stdin=data)):
+        assert_one_line_error(result, "COINBASE_SECRET", reason)
+        assert "SENTINEL" not in result.stdout + result.stderr
     assert not vault.exists()
+
+
+def test_cli_from_a_missing_file_is_a_clear_error(vault: Path, password_file: Path, tmp_path: Path) -> None:
+    assert_one_line_error(run_set(vault, password_file, "--from-file", str(tmp_path / "nope.pem")),
+                          "nope.pem", "No such file")
+
+
+def test_cli_empty_stdin_is_a_clear_error(vault: Path, password_file: Path) -> None:
+    assert_one_line_error(run_set(vault, password_file, stdin=b""), "COINBASE_SECRET", "empty")
+    assert not vault.exists()
+
+
+def test_symlinked_vault_keeps_its_link_and_the_target_is_written(tmp_path: Path) -> None:
+    real = tmp_path / "private" / "vault.yml"
+    link = tmp_path / "inventory" / "group_vars" / "all" / "vault.yml"
+    link.parent.mkdir(parents=True)
+    set_secret(real, PASSWORD, "alpha", "K", "first")
+    link.symlink_to(os.path.relpath(real, link.parent))
+    assert set_secret(link, PASSWORD, "alpha", "K", "second") is True
+    assert link.is_symlink() and link.resolve() == real
+    assert get_secrets(real, PASSWORD, "alpha") == {"K": "second"}
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600
+    assert sorted(p.name for p in real.parent.iterdir()) == ["vault.yml"]
+    assert sorted(p.name for p in link.parent.iterdir()) == ["vault.yml"]
+
+
+def test_dangling_symlinked_vault_creates_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "private" / "vault.yml"
+    real.parent.mkdir()
+    link = tmp_path / "vault.yml"
+    link.symlink_to(real)
+    set_secret(link, PASSWORD, "alpha", "K", "v")
+    assert link.is_symlink() and get_secrets(real, PASSWORD, "alpha") == {"K": "v"}
+
+
+def test_read_only_directory_is_a_clear_error(tmp_path: Path, password_file: Path) -> None:
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o555)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root writes anywhere: drop the capability that lets it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv")
+        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+    try:
+        result = run_set(directory / "vault.yml", password_file, stdin=b"SENTINELro\n", prefix=prefix)
+    finally:
+        directory.chmod(0o755)
+    assert_one_line_error(result, "cannot write", str(directory / "vault.yml"), "Permission denied")
+    assert "SENTINEL" not in result.stderr + result.stdout
+    assert list(directory.iterdir()) == []
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o400, False), (0o640, True), (0o644, True),
+                                              (0o604, True)])
+def test_loose_vault_password_file_is_warned_about(vault: Path, password_file: Path, mode: int, warned: bool) -> None:
+    password_file.chmod(mode)
+    result = run_set(vault, password_file, stdin=b"SENTINELpw\n")
+    assert result.returncode == 0, result.stderr
+    warning = f"vault password file {password_file} is readable by group/others (mode {mode:04o}); " \
+              f"fix: chmod go-rwx {password_file}"
+    assert (warning in result.stderr) is warned
+    assert "SENTINEL" not in result.stderr and PASSWORD not in result.stderr
+
+
+# ---------------------------------------------------------------- the env file on the host
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_PLAYBOOK = """\
+- hosts: localhost
+  gather_facts: false
+  vars_files: ["{{ vault }}"]
+  tasks:
+    - name: Render secrets.env as the bots role does and write it with its module
+      botvps.infra.files:
+        files:
+          - path: "{{ out }}"
+            mode: "0600"
+            owner: "{{ me }}"
+            group: "{{ grp }}"
+            secret: true
+            content: "{{ lookup('ansible.builtin.template', template,
+                                template_vars={'bot': {'name': 'alpha', 'secrets': names},
+                                               'values': botvps_secrets['alpha']}) }}"
+      no_log: true
+"""
+
+
+def test_env_file_on_the_host_carries_multiline_values(tmp_path: Path, password_file: Path) -> None:
+    """vault -> the role's secrets.env.j2 -> botvps.infra.files -> systemd's EnvironmentFile rules (keyaudit)."""
+    import grp
+    import json
+    import pwd
+
+    from botvps.hostcode import keyaudit
+
+    values = {f"V{i}": value for i, value in enumerate([*MULTILINE, TRICKY, "'single'", "x=y #;"])}
+    vault = tmp_path / "vault.yml"
+    for name, value in values.items():
+        set_secret(vault, PASSWORD, "alpha", name, value)
+    (tmp_path / "play.yml").write_text(ENV_PLAYBOOK)
+    out = tmp_path / "etc" / "secrets.env"
+    extra = {"vault": str(vault), "out": str(out), "names": list(values),
+             "template": str(ROOT / "roles/bots/templates/secrets.env.j2"),
+             "me": pwd.getpwuid(os.geteuid()).pw_name, "grp": grp.getgrgid(os.getegid()).gr_name,
+             "ansible_python_interpreter": sys.executable}
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_REMOTE_TEMP": str(tmp_path / "ansible-tmp")}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", "-c", "local",
+         "--vault-password-file", str(password_file), "-e", json.dumps(extra), "play.yml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SENTINEL" not in result.stdout + result.stderr
+    assert keyaudit.parse_env_file(out.read_bytes().decode("utf-8")) == values
