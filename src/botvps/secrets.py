@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"botvps.secrets: {exc}", file=sys.stderr)
         return 2
     except EOFError:  # Ctrl-D at the vault password prompt
-        print("botvps.secrets: input ended before the vault password was given; nothing changed", file=sys.stderr)
+        print("\nbotvps.secrets: input ended before the vault password was given; nothing changed", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
