@@ -47,7 +47,7 @@ def audit_keys(c, inventory="inventory", host=None, bot=None, vault_password_fil
             "keep_final_newline": "keep the final newline of --from-file (removed by default)"})
 def secrets_set(c, bot, name, inventory="inventory", vault_password_file=None, from_file=None,
                 keep_final_newline=False):
-    """Store a bot's secret in the vault (asked without echo, a pasted PEM key too; plaintext never touches the disk)."""
+    """Store a bot's secret in the vault (asked without echo, PEM keys pasted whole; plaintext never hits the disk)."""
     args = ["set", bot, name, "--vault", str(Path(inventory) / "group_vars" / "all" / "vault.yml")]
     args += ["--vault-password-file", vault_password_file] if vault_password_file else []
     args += ["--from-file", from_file] if from_file else []

@@ -317,39 +317,41 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV_PLAYBOOK = """\
 - hosts: localhost
   gather_facts: false
-  vars_files: ["{{ vault }}"]
+  vars_files: ["{{ role }}/defaults/main.yml", "{{ role }}/vars/main.yml", "{{ vault }}"]
+  vars:
+    bots:
+      - {name: alpha, source: {pip: alpha-bot}, command: [python3], exchange: coinbase, key_audit: false,
+         secrets: "{{ names }}", api_key_var: "{{ names[0] }}", api_secret_var: "{{ names[1] }}"}
   tasks:
-    - name: Render secrets.env as the bots role does and write it with its module
+    - name: The role's checks of the bots and their secrets
+      ansible.builtin.copy:
+        dest: "{{ problems }}"
+        content: "{{ bots_problems | to_json }}"
+    - name: Write secrets.env from the role's bots_secret_files, with its module (owned by us, not root)
       botvps.infra.files:
-        files:
-          - path: "{{ out }}"
-            mode: "0600"
-            owner: "{{ me }}"
-            group: "{{ grp }}"
-            secret: true
-            content: "{{ lookup('ansible.builtin.template', template,
-                                template_vars={'bot': {'name': 'alpha', 'secrets': names},
-                                               'values': botvps_secrets['alpha']}) }}"
+        files: "{{ bots_secret_files | map('combine', {'owner': me, 'group': grp}) | list }}"
       no_log: true
 """
 
 
-def test_env_file_on_the_host_carries_multiline_values(tmp_path: Path, password_file: Path) -> None:
-    """vault -> the role's secrets.env.j2 -> botvps.infra.files -> systemd's EnvironmentFile rules (keyaudit)."""
+def render_env_file(tmp_path: Path, password_file: Path, values: dict[str, str],
+                    by_hand: bool = False) -> tuple[list[str], bytes]:
+    """The bots role's problems and the secrets.env it writes for bot alpha (vault from set_secret, or by hand)."""
     import grp
     import json
     import pwd
 
-    from botvps.hostcode import keyaudit
-
-    values = {f"V{i}": value for i, value in enumerate([*MULTILINE, TRICKY, "'single'", "x=y #;"])}
     vault = tmp_path / "vault.yml"
-    for name, value in values.items():
+    if by_hand:
+        secrets.save_vault(vault, PASSWORD, {"botvps_secrets": {"alpha": values}})
+    for name, value in values.items() if not by_hand else ():
         set_secret(vault, PASSWORD, "alpha", name, value)
-    (tmp_path / "play.yml").write_text(ENV_PLAYBOOK)
-    out = tmp_path / "etc" / "secrets.env"
-    extra = {"vault": str(vault), "out": str(out), "names": list(values),
-             "template": str(ROOT / "roles/bots/templates/secrets.env.j2"),
+    play = tmp_path / "play"
+    play.mkdir()
+    (play / "play.yml").write_text(ENV_PLAYBOOK)
+    (play / "templates").symlink_to(ROOT / "roles/bots/templates")  # where lookup('template', ...) looks
+    extra = {"vault": str(vault), "role": str(ROOT / "roles/bots"), "names": list(values),
+             "bots_config_dir": str(tmp_path / "etc"), "problems": str(tmp_path / "problems.json"),
              "me": pwd.getpwuid(os.geteuid()).pw_name, "grp": grp.getgrgid(os.getegid()).gr_name,
              "ansible_python_interpreter": sys.executable}
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"), "ANSIBLE_NOCOLOR": "1",
@@ -357,7 +359,26 @@ def test_env_file_on_the_host_carries_multiline_values(tmp_path: Path, password_
     result = subprocess.run(
         [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,", "-c", "local",
          "--vault-password-file", str(password_file), "-e", json.dumps(extra), "play.yml"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=play, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SENTINEL" not in result.stdout + result.stderr
-    assert keyaudit.parse_env_file(out.read_bytes().decode("utf-8")) == values
+    problems = json.loads((tmp_path / "problems.json").read_text())
+    env_file = tmp_path / "etc" / "alpha" / "secrets.env"
+    return problems, env_file.read_bytes() if env_file.exists() else b""
+
+
+def test_env_file_on_the_host_carries_multiline_values(tmp_path: Path, password_file: Path) -> None:
+    """vault -> the bots role's checks, secrets.env.j2 and botvps.infra.files -> systemd's EnvironmentFile rules."""
+    from botvps.hostcode import keyaudit
+
+    values = {f"V{i}": value for i, value in enumerate(["key-SENTINELk", *MULTILINE, TRICKY, "'single'", "x=y #;"])}
+    problems, text = render_env_file(tmp_path, password_file, values)
+    assert problems == []
+    assert keyaudit.parse_env_file(text.decode("utf-8")) == values
+
+
+def test_role_refuses_one_line_ending_in_a_newline(tmp_path: Path, password_file: Path) -> None:
+    # set_secret refuses it; a vault edited by hand with a YAML '|' block can still hold one.
+    problems, text = render_env_file(tmp_path, password_file, {"K": "key-SENTINELk", "S": "SENTINELs\n"},
+                                     by_hand=True)
+    assert problems == ["bot alpha: secret S is one line ending in a line break (a YAML | block adds one; use |-)"]
