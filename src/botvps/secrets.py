@@ -224,7 +224,7 @@ def save_vault(vault_file: str | os.PathLike[str], password: str | bytes, variab
     path = Path(vault_file)
     target = Path(os.path.realpath(path))  # a symlinked vault keeps its link: the file it points to is replaced
     ciphertext = _vault(password).encrypt(_dump(variables).encode("utf-8"))
-    where = str(target) if target == path.absolute() else f"{target} (the target of the symlink {path})"
+    where = f"{target} (the target of the symlink {path})" if path.is_symlink() else str(path)
     try:
         _write_atomically(target, ciphertext)
     except OSError as exc:
@@ -340,7 +340,7 @@ def read_tty_value(fd: int, bot: str, name: str) -> bytes:
         print(f"Value of {name} for bot {bot} (not echoed; paste a PEM key as it is): ", end="", file=sys.stderr,
               flush=True)
         lines = _tty_lines(fd, bot, name)
-        if _pending(fd):
+        if _rest(fd).strip():  # a trailing blank line of a paste is fine
             raise SecretsError(f"bot {bot}: more input followed the value of {name}; nothing stored (a multi-line "
                                "value must be a PEM block starting with -----BEGIN, or use --from-file FILE)")
     finally:
@@ -402,16 +402,18 @@ def _line_limit(fd: int) -> int:
         return TTY_LINE_LIMIT
 
 
-def _pending(fd: int) -> int:
-    """Bytes already typed or pasted after what was read."""
-    import fcntl
-    import struct
+def _rest(fd: int) -> bytes:
+    """What was typed or pasted after the value, complete lines or not, read without waiting."""
     import termios
 
-    try:
-        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
+    attrs = termios.tcgetattr(fd)
+    attrs[3] &= ~termios.ICANON  # the kernel keeps its buffer; a partial line becomes readable too
+    attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 0, 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    rest = b""
+    while chunk := os.read(fd, 65536):
+        rest += chunk
+    return rest
 
 
 def warn_loose_password_file(path: str | os.PathLike[str]) -> None:
@@ -431,7 +433,7 @@ def _password(args: argparse.Namespace) -> bytes:
     if path:
         warn_loose_password_file(path)
         return read_password_file(path)
-    if not sys.stdin.isatty() and args.action == "set" and not args.from_file:
+    if not sys.stdin.isatty() and args.action == "set" and not getattr(args, "from_file", None):
         raise SecretsError("give --vault-password-file when the value comes from stdin")
     return getpass.getpass("Vault password: ").encode()
 

@@ -271,6 +271,20 @@ def test_symlinked_vault_keeps_its_link_and_the_target_is_written(tmp_path: Path
     assert sorted(p.name for p in link.parent.iterdir()) == ["vault.yml"]
 
 
+def test_unwritable_symlink_target_is_named(tmp_path: Path, password_file: Path) -> None:
+    target = tmp_path / "ro" / "vault.yml"
+    target.parent.mkdir()
+    link = tmp_path / "vault.yml"
+    link.symlink_to(target)
+    target.parent.chmod(0o555)
+    try:
+        result = run_set(link, password_file, stdin=b"SENTINELsym\n", prefix=unprivileged())
+    finally:
+        target.parent.chmod(0o755)
+    assert_one_line_error(result, f"cannot write {target} (the target of the symlink {link})", "nothing stored")
+    assert "SENTINEL" not in result.stderr and link.is_symlink() and not target.exists()
+
+
 def test_dangling_symlinked_vault_creates_its_target(tmp_path: Path) -> None:
     real = tmp_path / "private" / "vault.yml"
     real.parent.mkdir()
@@ -280,17 +294,21 @@ def test_dangling_symlinked_vault_creates_its_target(tmp_path: Path) -> None:
     assert link.is_symlink() and get_secrets(real, PASSWORD, "alpha") == {"K": "v"}
 
 
+def unprivileged() -> tuple[str, ...]:
+    """A command prefix under which file modes apply (root writes anywhere: drop the capabilities that let it)."""
+    if os.geteuid() != 0:
+        return ()
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv")
+    return ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
+
+
 def test_read_only_directory_is_a_clear_error(tmp_path: Path, password_file: Path) -> None:
     directory = tmp_path / "ro"
     directory.mkdir()
     directory.chmod(0o555)
-    prefix: tuple[str, ...] = ()
-    if os.geteuid() == 0:  # root writes anywhere: drop the capability that lets it
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root without setpriv")
-        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search", "--")
     try:
-        result = run_set(directory / "vault.yml", password_file, stdin=b"SENTINELro\n", prefix=prefix)
+        result = run_set(directory / "vault.yml", password_file, stdin=b"SENTINELro\n", prefix=unprivileged())
     finally:
         directory.chmod(0o755)
     assert_one_line_error(result, "cannot write", str(directory / "vault.yml"), "Permission denied")

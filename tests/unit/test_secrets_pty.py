@@ -182,10 +182,20 @@ def test_ctrl_d_at_the_vault_password_prompt(inventory: Path) -> None:
     refused(code, screen, "vault password")
 
 
-def test_more_lines_pasted_than_one_value_are_refused(inventory: Path, password_file: Path) -> None:
+def test_pem_paste_ending_in_a_blank_line_is_stored(inventory: Path, password_file: Path, tmp_path: Path) -> None:
     term = invoke_set(inventory, password_file)
     term.expect("not echoed")
-    term.type(f"{SENTINEL}-key\r{SENTINEL}-secret\r".encode())
+    term.type(PEM.replace("\n", "\r").encode() + b"\r\r")
+    code, screen = term.finish()
+    assert code == 0, screen
+    assert stored(inventory, tmp_path) == PEM.encode()
+
+
+@pytest.mark.parametrize("rest", ["\r", ""])  # the second line complete, or still waiting for its Enter
+def test_more_lines_pasted_than_one_value_are_refused(inventory: Path, password_file: Path, rest: str) -> None:
+    term = invoke_set(inventory, password_file)
+    term.expect("not echoed")
+    term.type(f"{SENTINEL}-key\r{SENTINEL}-secret{rest}".encode())
     code, screen = term.finish()
     refused(code, screen, "more input followed the value of COINBASE_SECRET", "--from-file")
     assert SENTINEL not in screen
