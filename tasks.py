@@ -45,11 +45,16 @@ def audit_keys(c, inventory="inventory", host=None, bot=None, vault_password_fil
 
 
 @task(help={"bot": "bot name", "name": "environment variable (e.g. BINANCE_KEY)", "inventory": "inventory directory",
-            "vault_password_file": "file with the vault password"})
-def secrets_set(c, bot, name, inventory="inventory", vault_password_file=None):
-    """Store a bot's secret in the vault (asked without echo; plaintext never touches the disk)."""
+            "vault_password_file": "file with the vault password",
+            "from_file": "read the value from this file (e.g. a PEM private key)",
+            "keep_final_newline": "keep the final newline of --from-file (removed by default)"})
+def secrets_set(c, bot, name, inventory="inventory", vault_password_file=None, from_file=None,
+                keep_final_newline=False):
+    """Store a bot's secret in the vault (asked without echo, PEM keys pasted whole; plaintext never hits the disk)."""
     args = ["set", bot, name, "--vault", str(Path(inventory) / "group_vars" / "all" / "vault.yml")]
-    _exit(secrets_module.main(args + (["--vault-password-file", vault_password_file] if vault_password_file else [])))
+    args += ["--vault-password-file", vault_password_file] if vault_password_file else []
+    args += ["--from-file", from_file] if from_file else []
+    _exit(secrets_module.main(args + (["--keep-final-newline"] if keep_final_newline else [])))
 
 
 @task(help={"bot": "only this bot", "inventory": "inventory directory", "vault_password_file": "vault password file"})

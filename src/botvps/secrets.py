@@ -17,11 +17,16 @@ target. A value is never part of an error message.
 
 Command line (used by the invoke tasks)::
 
-    python -m botvps.secrets set BOT NAME --vault FILE --vault-password-file F
+    python -m botvps.secrets set BOT NAME --vault FILE --vault-password-file F [--from-file FILE]
     python -m botvps.secrets list [BOT] --vault FILE --vault-password-file F
 
-``set`` asks for the value without echo on a terminal, or reads it from stdin
-(one trailing newline removed) when stdin is not a terminal. ``list`` prints the
+``set`` takes the value from ``--from-file`` (its bytes, the final newline removed
+unless ``--keep-final-newline``), else asks for it without echo on a terminal, else
+reads stdin like a file. At the terminal a first line starting with ``-----BEGIN``
+starts a PEM block that is read up to its ``-----END ...-----`` line (a pasted
+private key); a line that filled the terminal's line buffer (4095 bytes, the kernel
+drops the rest) is refused. Values may span lines (the env file on the server
+double-quotes them, as systemd's EnvironmentFile= reads them). ``list`` prints the
 variable names only, never their values.
 """
 
@@ -31,6 +36,7 @@ import argparse
 import getpass
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -43,6 +49,10 @@ SECRETS_VAR = "botvps_secrets"
 BOT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HEADER = b"$ANSIBLE_VAULT;1.1;AES256"
+# Linux's n_tty keeps at most 4095 bytes of a canonical line (one slot stays for the newline) and drops the rest.
+TTY_LINE_LIMIT = 4095
+PEM_BEGIN = b"-----BEGIN"
+PEM_BEGIN_RE = re.compile(rb"-----BEGIN ([^\r\n]*?)-----\s*")
 
 
 class SecretsError(Exception):
@@ -112,15 +122,34 @@ def check_value(bot: str, name: str, value: object) -> str:
     """Return the value as a string, or refuse it; the error names bot and variable only."""
     if not isinstance(value, str):
         raise SecretsError(f"bot {bot}: secret {name} must be a string")
-    if "\n" in value or "\r" in value:
-        raise SecretsError(
-            f"bot {bot}: secret {name} contains a newline, which a systemd environment file "
-            "cannot carry; store it on one line (e.g. base64 or with literal \\n)")
     if "\x00" in value:
-        raise SecretsError(f"bot {bot}: secret {name} contains a NUL byte")
+        raise SecretsError(f"bot {bot}: secret {name} contains a NUL byte, which no environment variable can carry")
     if not value:
         raise SecretsError(f"bot {bot}: secret {name} is empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SecretsError(f"bot {bot}: secret {name} is not valid UTF-8") from None
+    if is_line_with_newline(value):
+        raise SecretsError(f"bot {bot}: secret {name} is one line ending in a line break, which the exchange "
+                           "would reject as part of the key; store it without (drop --keep-final-newline)")
     return value
+
+
+def is_line_with_newline(value: str) -> bool:
+    """A single line followed by line breaks (a YAML '|' block, or a file's last newline kept)."""
+    body = value.rstrip("\r\n")
+    return body != value and "\n" not in body and "\r" not in body
+
+
+def decode_value(bot: str, name: str, data: bytes) -> str:
+    """The bytes of a value as text; anything but UTF-8 is refused (the error names the variable only)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        # The exception text would quote the offending bytes: never show them.
+        raise SecretsError(f"bot {bot}: secret {name} is not valid UTF-8; nothing stored "
+                           "(convert it first, e.g. iconv -t UTF-8, or base64 it)") from None
 
 
 # ---------------------------------------------------------------- vault
@@ -191,23 +220,34 @@ def _dump(variables: Mapping[str, Any]) -> str:
 
 
 def save_vault(vault_file: str | os.PathLike[str], password: str | bytes, variables: Mapping[str, Any]) -> None:
-    """Encrypt ``variables`` in memory and replace the file atomically (mode 0600)."""
+    """Encrypt ``variables`` in memory and replace the file atomically (mode 0600); a symlink's target is replaced."""
     path = Path(vault_file)
+    target = Path(os.path.realpath(path))  # a symlinked vault keeps its link: the file it points to is replaced
     ciphertext = _vault(password).encrypt(_dump(variables).encode("utf-8"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    where = f"{target} (the target of the symlink {path})" if path.is_symlink() else str(path)
+    try:
+        _write_atomically(target, ciphertext)
+    except OSError as exc:
+        raise SecretsError(f"cannot write {where}: {exc.strerror or exc}; nothing stored "
+                           f"(make {target.parent} writable, or give another --vault)") from None
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Write a temporary file next to ``target`` (mode 0600), fsync it and rename it over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(ciphertext)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -267,24 +307,133 @@ def delete_secret(vault_file: str | os.PathLike[str], password: str | bytes, bot
 # ---------------------------------------------------------------- CLI
 
 
-def _read_value(bot: str, name: str) -> str:
-    if sys.stdin.isatty():
-        return getpass.getpass(f"Value of {name} for bot {bot} (not echoed): ")
-    data = sys.stdin.read()
-    if data.endswith("\r\n"):
-        data = data[:-2]
-    elif data.endswith("\n"):
-        data = data[:-1]
-    return data
+def _strip_final_newline(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data
+
+
+def _read_value(args: argparse.Namespace) -> str:
+    """The value from --from-file, the terminal or stdin, as checked text."""
+    bot, name = args.bot, args.name
+    if args.from_file:
+        try:
+            data = Path(args.from_file).read_bytes()
+        except OSError as exc:
+            raise SecretsError(f"cannot read {args.from_file} (--from-file for {name}): {exc.strerror}") from None
+    elif sys.stdin.isatty():
+        return decode_value(bot, name, read_tty_value(sys.stdin.fileno(), bot, name))
+    else:
+        data = sys.stdin.buffer.read()
+    return decode_value(bot, name, data if args.keep_final_newline else _strip_final_newline(data))
+
+
+def read_tty_value(fd: int, bot: str, name: str) -> bytes:
+    """Ask for a value at the terminal without echo: one line, or a pasted PEM block up to its END line."""
+    import termios
+
+    saved = termios.tcgetattr(fd)
+    quiet = termios.tcgetattr(fd)
+    quiet[3] = (quiet[3] & ~termios.ECHO) | termios.ICANON
+    termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)  # like getpass: typed-ahead input is dropped
+    try:
+        print(f"Value of {name} for bot {bot} (not echoed; paste a PEM key as it is): ", end="", file=sys.stderr,
+              flush=True)
+        lines = _tty_lines(fd, bot, name)
+        if _rest(fd).strip():  # a trailing blank line of a paste is fine
+            raise SecretsError(f"bot {bot}: more input followed the value of {name}; nothing stored (a multi-line "
+                               "value must be a PEM block starting with -----BEGIN, or use --from-file FILE)")
+    finally:
+        termios.tcsetattr(fd, termios.TCSAFLUSH, saved)  # drops what is left, so it never reaches the shell
+        print(file=sys.stderr, flush=True)
+    return b"\n".join(lines)
+
+
+def _tty_lines(fd: int, bot: str, name: str) -> list[bytes]:
+    first = _tty_line(fd, bot, name)
+    if first is None:
+        raise SecretsError(f"bot {bot}: no value given for {name} (input ended); nothing stored")
+    if not first.startswith(PEM_BEGIN):
+        return [first]
+    begin = PEM_BEGIN_RE.fullmatch(first)
+    end = b"-----END " + begin.group(1) + b"-----" if begin else None
+    lines = [first]
+    while not _pem_done(lines, end):
+        line = _tty_line(fd, bot, name)
+        if line is None:
+            raise SecretsError(f"bot {bot}: input ended before the -----END line of {name}; nothing stored")
+        lines.append(line)
+    return lines
+
+
+def _pem_done(lines: list[bytes], end: bytes | None) -> bool:
+    """Whether the last line read closes the PEM block (its END line, or any END line after a bare BEGIN)."""
+    last = lines[-1].strip()
+    if end is not None:
+        return len(lines) > 1 and last == end
+    tail = last[len(PEM_BEGIN):] if len(lines) == 1 else last
+    return b"-----END" in tail and last.endswith(b"-----")
+
+
+def _tty_line(fd: int, bot: str, name: str) -> bytes | None:
+    """One canonical-mode line without its newline; None at end of input."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            if not data:
+                return None
+            break
+        data += chunk
+    line = data[:-1] if data.endswith(b"\n") else data
+    if len(line) >= _line_limit(fd):
+        raise SecretsError(f"bot {bot}: a line of {name} reached the terminal's limit of {_line_limit(fd)} bytes "
+                           "and may have been cut by the kernel; nothing stored: put the value in a file and use "
+                           "--from-file FILE")
+    return line
+
+
+def _line_limit(fd: int) -> int:
+    if sys.platform.startswith("linux"):
+        return TTY_LINE_LIMIT
+    try:
+        return os.fpathconf(fd, "PC_MAX_CANON") - 1
+    except (OSError, ValueError):
+        return TTY_LINE_LIMIT
+
+
+def _rest(fd: int) -> bytes:
+    """What was typed or pasted after the value, complete lines or not, read without waiting."""
+    import termios
+
+    attrs = termios.tcgetattr(fd)
+    attrs[3] &= ~termios.ICANON  # the kernel keeps its buffer; a partial line becomes readable too
+    attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 0, 0
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    rest = b""
+    while chunk := os.read(fd, 65536):
+        rest += chunk
+    return rest
+
+
+def warn_loose_password_file(path: str | os.PathLike[str]) -> None:
+    """Warn on stderr when group or others can read (or write) the vault password file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # read_password_file reports it
+    if stat.S_ISREG(mode) and mode & 0o077:
+        print(f"botvps.secrets: warning: the vault password file {path} is readable by group/others "
+              f"(mode {stat.S_IMODE(mode):04o}); fix: chmod go-rwx {path}", file=sys.stderr)
 
 
 def _password(args: argparse.Namespace) -> bytes:
-    if args.vault_password_file:
-        return read_password_file(args.vault_password_file)
-    env = os.environ.get("BOTVPS_VAULT_PASSWORD_FILE") or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
-    if env:
-        return read_password_file(env)
-    if not sys.stdin.isatty() and args.action == "set":
+    path = (args.vault_password_file or os.environ.get("BOTVPS_VAULT_PASSWORD_FILE")
+            or os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE"))
+    if path:
+        warn_loose_password_file(path)
+        return read_password_file(path)
+    if not sys.stdin.isatty() and args.action == "set" and not getattr(args, "from_file", None):
         raise SecretsError("give --vault-password-file when the value comes from stdin")
     return getpass.getpass("Vault password: ").encode()
 
@@ -300,6 +449,10 @@ def parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("bot")
             cmd.add_argument("name")
+        if action == "set":
+            cmd.add_argument("--from-file", metavar="FILE", help="read the value from FILE (e.g. a PEM private key)")
+            cmd.add_argument("--keep-final-newline", action="store_true",
+                             help="keep the final newline of --from-file or stdin (removed by default)")
         cmd.add_argument("--vault", required=True, help="the ansible-vault file, e.g. inventory/group_vars/all/vault.yml")
         cmd.add_argument("--vault-password-file", help="as for ansible-playbook (default: $BOTVPS_VAULT_PASSWORD_FILE "
                                                         "or $ANSIBLE_VAULT_PASSWORD_FILE, else asked)")
@@ -312,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         password = _password(args)
         if args.action == "set":
             check_names(args.bot, args.name)
-            changed = set_secret(args.vault, password, args.bot, args.name, _read_value(args.bot, args.name))
+            changed = set_secret(args.vault, password, args.bot, args.name, _read_value(args))
             print(f"{args.name} for bot {args.bot}: {'stored' if changed else 'unchanged'} in {args.vault}",
                   file=sys.stderr)
         elif args.action == "delete":
@@ -326,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{bot} {name}")
     except SecretsError as exc:
         print(f"botvps.secrets: {exc}", file=sys.stderr)
+        return 2
+    except EOFError:  # Ctrl-D at the vault password prompt
+        print("\nbotvps.secrets: input ended before the vault password was given; nothing changed", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from botvps.paths import PROJECT_ROOT
+from botvps.secrets import is_line_with_newline
 
 ROLES_DIR = PROJECT_ROOT / "roles"
 NET_FILTER = PROJECT_ROOT / "collections" / "ansible_collections" / "botvps" / "infra" / "plugins" / "filter" / "net.py"
@@ -1076,10 +1077,15 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 problems.append(Problem(host, where, f"the secret {var} of bot {name!r} is not a string",
                                         "store it as a single-line string in the vault"))
-            elif isinstance(value, str) and ("\n" in value or "\r" in value):
-                problems.append(Problem(host, where, f"the secret {var} of bot {name!r} contains a line break "
-                                        "(a YAML '|' block adds one at the end)", "store it as a quoted "
+            elif isinstance(value, str) and is_line_with_newline(value):
+                # Multi-line values (PEM keys) are fine: the env file double-quotes them for systemd.
+                problems.append(Problem(host, where, f"the secret {var} of bot {name!r} is one line ending in a "
+                                        "line break (a YAML '|' block adds one at the end)", "store it as a quoted "
                                         "single-line string (or use '|-'); the value is not shown"))
+            elif isinstance(value, str) and "\x00" in value:
+                problems.append(Problem(host, where, f"the secret {var} of bot {name!r} contains a NUL byte",
+                                        "store it without (no environment variable can carry one); the value "
+                                        "is not shown"))
     return problems
 
 

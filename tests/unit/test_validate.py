@@ -458,10 +458,10 @@ CASES = [
          "lists secret ALPHA_SECRET but the vault has no value",
          "python -m botvps.secrets set alpha ALPHA_SECRET"),
     Case("secret-newline", secret("beta", "OKX_SECRET", SENTINELS["beta-secret"] + "\n"), "web2",
-         "botvps_secrets.beta.OKX_SECRET", "OKX_SECRET of bot 'beta' contains a line break",
+         "botvps_secrets.beta.OKX_SECRET", "OKX_SECRET of bot 'beta' is one line ending in a line break",
          "single-line string"),
-    Case("secret-newline-inside", secret("alpha", "ALPHA_KEY", "SENTINEL-a\nSENTINEL-b-more"), "web1",
-         "botvps_secrets.alpha.ALPHA_KEY", "contains a line break", "single-line string"),
+    Case("secret-nul", secret("alpha", "ALPHA_KEY", "SENTINEL-a\x00SENTINEL-b-more"), "web1",
+         "botvps_secrets.alpha.ALPHA_KEY", "contains a NUL byte", "store it without"),
     Case("api-key-shared-same-host", second_alpha_bot("gamma", api_key=SENTINELS["alpha-key"]), "web1",
          "bots.gamma.api_key_var", "web1/gamma uses the same API key (ALPHA_KEY) as bot web1/alpha",
          "separate API key"),
@@ -536,6 +536,19 @@ def test_valid_inventory_passes(keys: Keys, tmp_path: Path, password_files: dict
     assert code == 0, output
     assert "ok: 2 host(s) valid and reachable" in output
     assert_no_secrets(output)
+
+
+def test_multiline_pem_secret_passes(keys: Keys, tmp_path: Path, password_files: dict[str, Path],
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    # A PEM private key (Coinbase's EC key) spans lines: the env file double-quotes it, as systemd reads it.
+    inv = base_inventory(keys)
+    pem = "-----BEGIN EC PRIVATE KEY-----\nSENTINEL-pem-" + "A" * 60 + "\n-----END EC PRIVATE KEY-----\n"
+    inv["vault"]["botvps_secrets"]["alpha"]["ALPHA_SECRET"] = pem
+    directory = write_inventory(tmp_path / "inventory", inv)
+    code, output = run_cli([str(directory), "--no-reach", "--vault-password-file", str(password_files["right"])],
+                           capsys)
+    assert code == 0, output
+    assert "SENTINEL-pem" not in output
 
 
 def test_vault_password_from_environment(keys: Keys, tmp_path: Path, password_files: dict[str, Path],
