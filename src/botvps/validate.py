@@ -88,7 +88,11 @@ EXTRA_OPTIONS: dict[str, dict[str, Any]] = {
     "bots": {"type": "list", "elements": "dict", "default": [], "options": BOT_OPTIONS},
     "botvps_secrets": {"type": "dict", "default": {}},
     "botvps_lab": {"type": "bool", "default": False},
+    "botvps_own_vars": {"type": "list", "elements": "str", "default": []},
 }
+# Ansible's magic variables that show up in a host's variables (besides every ansible_* name).
+MAGIC_VARS = frozenset({"group_names", "groups", "hostvars", "omit", "inventory_dir", "inventory_file",
+                        "inventory_hostname", "inventory_hostname_short", "playbook_dir"})
 EXTRA_PREFIXES = ("bots_",)
 
 # Inventory variables whose values are credentials, besides botvps_secrets and vaulted values.
@@ -639,9 +643,11 @@ def check_options(host: str, field: str, value: Mapping, options: Mapping[str, M
 
 
 def check_unknown_keys(host: str, hostvars: Mapping, ctx: Context) -> list[Problem]:
-    """Variables that start with a role's prefix but that no role knows: typos."""
+    """Variables no role, Ansible nor the operator (botvps_own_vars) knows: typos."""
     schema = ctx.schema
     documented = set(schema.options) | set(schema.defaults)
+    declared = hostvars.get("botvps_own_vars")
+    own = {n for n in declared if isinstance(n, str)} if isinstance(declared, list) else set()
     problems = []
     for key in hostvars:
         if key in documented:
@@ -653,6 +659,12 @@ def check_unknown_keys(host: str, hostvars: Mapping, ctx: Context) -> list[Probl
             continue
         prefix = next((p for p in schema.prefixes if key.startswith(p)), None)
         if prefix is None:
+            if key.startswith("ansible_") or key in MAGIC_VARS or key in own:
+                continue
+            guess = _suggest(key, documented | own)
+            problems.append(Problem(host, key, "unknown variable (no role option, Ansible variable or declared "
+                                    "own variable has this name)", f"did you mean {guess!r}?" if guess else
+                                    "remove it, or list it in botvps_own_vars if it is yours"))
             continue
         role = prefix[:-1]
         guess = _suggest(key, [o for o in documented if o.startswith(prefix)]) or _suggest(key, documented)
