@@ -1101,9 +1101,24 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     return problems
 
 
+def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """Every string in botvps_secrets must come from the vault (a SecretStr), not a plain vars file."""
+    vault = hv.get("botvps_secrets")
+    problems = []
+    for name, entry in (vault.items() if isinstance(vault, dict) else []):
+        for var, value in (entry.items() if isinstance(entry, dict) else []):
+            if isinstance(value, str) and not isinstance(value, SecretStr) and not is_templated(value):
+                command = (f"invoke secrets.set {name} {var} --inventory INVENTORY" if BOT_NAME_RE.match(name)
+                           and ENV_NAME_RE.match(str(var)) else "invoke secrets.set BOT NAME --inventory INVENTORY")
+                problems.append(Problem(host, f"botvps_secrets.{name}.{var}", "is in plaintext in the inventory "
+                                        "(not in the vault)", f"delete it there and store it with {command}"))
+    return problems
+
+
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
     check_static_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port,
     check_reboot_time, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
+    check_secrets_vaulted,
 )
 
 

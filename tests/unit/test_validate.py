@@ -465,6 +465,10 @@ CASES = [
          "single-line string"),
     Case("secret-nul", secret("alpha", "ALPHA_KEY", "SENTINEL-a\x00SENTINEL-b-more"), "web1",
          "botvps_secrets.alpha.ALPHA_KEY", "contains a NUL byte", "store it without"),
+    Case("secret-plaintext", hv("web2", botvps_secrets={"beta": {"OKX_KEY": SENTINELS["beta-key"],
+                                                                "OKX_SECRET": SENTINELS["beta-secret"],
+                                                                "OKX_PASS": SENTINELS["beta-pass"]}}), "web2",
+         "botvps_secrets.beta.OKX_KEY", "is in plaintext", "invoke secrets.set beta OKX_KEY"),
     Case("api-key-shared-same-host", second_alpha_bot("gamma", api_key=SENTINELS["alpha-key"]), "web1",
          "bots.gamma.api_key_var", "web1/gamma uses the same API key (ALPHA_KEY) as bot web1/alpha",
          "separate API key"),
@@ -589,7 +593,7 @@ def test_load_inventory_resolves_like_ansible(keys: Keys, tmp_path: Path, passwo
 
 def test_validate_api_and_format(keys: Keys) -> None:
     hosts = {"db": {"ssh_port": 0, "admin_keys": [keys.line(keys.ed25519_pub)],
-                    "botvps_secrets": {"x": {"K": SENTINELS["become"]}}}}
+                    "botvps_secrets": {"x": {"K": v.SecretStr(SENTINELS["become"])}}}}
     problems = v.validate(hosts)
     assert problems == [v.Problem("db", "ssh_port", "0 is out of range for a port",
                                   "choose a port between 1 and 65535")]
