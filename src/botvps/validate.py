@@ -232,6 +232,30 @@ def _check_vars_files(inventory_dir: Path, loader: Any, inventory: Any) -> list[
     return problems
 
 
+def _check_stray_vars_files(inventory_dir: Path, inventory: Any) -> list[Problem]:
+    """host_vars/ and group_vars/ entries named after no host or group: Ansible ignores them silently, so what
+    they hold (a renamed host's bots, say) would never be deployed, and the run would say nothing."""
+    problems = []
+    for kind, names in (("host_vars", {h.name for h in inventory.get_hosts()}), ("group_vars", set(inventory.groups))):
+        root = inventory_dir / kind
+        for path in sorted(root.iterdir()) if root.is_dir() else []:
+            if path.name.startswith("."):
+                continue
+            name = path.stem if path.is_file() and path.suffix in (".yml", ".yaml", ".json") else path.name
+            if path.is_file() and path.suffix not in ("", ".yml", ".yaml", ".json"):
+                continue
+            if name in names:
+                continue
+            what = "host" if kind == "host_vars" else "group"
+            guess = _suggest(name, names)
+            rel = path.relative_to(inventory_dir)
+            problems.append(Problem("all", str(rel), f"is named after no {what} of the inventory, so Ansible would "
+                                    f"ignore it ({what}s: {', '.join(sorted(names)) or 'none'})",
+                                    f"rename it to {kind}/{guess}{path.suffix if path.is_file() else ''}"
+                                    if guess else f"rename it after one of those {what}s, or delete it"))
+    return problems
+
+
 class _Plain:
     """Turns Ansible's tagged values into plain Python; vaulted strings become SecretStr."""
 
@@ -332,6 +356,7 @@ def load_inventory(inventory_dir: str | os.PathLike, vault_password_file: str | 
                                       "run ansible-inventory -i DIR --list to see why")])
     problems = _unparsed_inventory_files(inventory_dir, manager, loader)
     problems += _check_vars_files(inventory_dir, loader, manager)
+    problems += _check_stray_vars_files(inventory_dir, manager)
     hosts_found = manager.get_hosts()
     if not hosts_found and not problems:
         problems.append(Problem("all", "inventory", f"no hosts in {inventory_dir}",

@@ -669,3 +669,22 @@ def test_inline_vault_value(keys: Keys, tmp_path: Path, password_files: dict[str
     assert code == 2, output
     assert_line(output, "web2", "botvps_secrets.beta.OKX_PASS", "inline.yml", "--vault-password-file")
     assert token not in output
+
+
+@pytest.mark.parametrize("rel, fix", [
+    ("host_vars/web1-old.yml", "rename it to host_vars/web1.yml"),  # a host renamed since
+    ("host_vars/web-1/main.yml", "rename it to host_vars/web1"),
+    ("group_vars/webservers.yml", "rename it after one of those groups, or delete it"),
+])
+def test_a_vars_file_named_after_no_host_or_group_is_refused(keys: Keys, tmp_path: Path,
+                                                             password_files: dict[str, Path], rel: str,
+                                                             fix: str) -> None:
+    inv = base_inventory(keys)
+    inv["raw_files"] = {rel: yaml.safe_dump({"bots": [], "admin_user": "SENTINEL-stray-value"})}
+    directory = write_inventory(tmp_path / "inventory", inv)
+    with pytest.raises(v.InventoryError) as raised:
+        v.load_inventory(directory, str(password_files["right"]))
+    text = v.format_problems(raised.value.problems)
+    entry = rel.split("/")[0] + "/" + rel.split("/")[1]
+    assert entry in text and "is named after no" in text and fix in text, text
+    assert "SENTINEL-stray-value" not in text
