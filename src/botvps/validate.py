@@ -492,16 +492,18 @@ def _net_module() -> Any:
 
 
 def _show(value: Any, ctx: Context) -> str:
-    """A value for a message; strings that are (or contain) secrets, long or odd strings are not shown."""
+    """What a message says of a value: its kind, never its content (any field may hold a pasted secret)."""
     if isinstance(value, SecretStr):
         return "(a vaulted value)"
     if isinstance(value, str):
-        if any(s in value for s in ctx.secrets) or len(value) > 40 or not value.isprintable():
-            return f"a {len(value)}-character string"
+        return f"a {len(value)}-character string" if value else "an empty string"
+    if isinstance(value, bool) or value is None:
         return repr(value)
+    if isinstance(value, (int, float)):
+        return "a number"
     if isinstance(value, (dict, list)):
         return f"a {'dict' if isinstance(value, dict) else 'list'}"
-    return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def _suggest(word: str, candidates: Iterable[str]) -> str | None:
@@ -856,6 +858,27 @@ def _resolve_key_file(raw: str) -> list[Path]:
             PROJECT_ROOT / "playbooks" / "files" / path, PROJECT_ROOT / "playbooks" / path]
 
 
+USER_NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # Debian's adduser, without NAME_REGEX changes
+# Accounts Debian or botvps already own: an admin with one of these names would take it over or clash.
+RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+                            "proxy", "www-data", "backup", "list", "irc", "nobody", "systemd-network",
+                            "systemd-timesync", "messagebus", "sshd", "_apt", "polkitd"})
+
+
+def check_admin_user(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """The admin account's name: a valid Linux user name, not a system account's, not a bot's (bot-NAME)."""
+    name = hv.get("admin_user", "ops")
+    if not isinstance(name, str) or is_templated(name):
+        return []  # a type problem is reported by check_types
+    if not USER_NAME_RE.match(name):
+        return [Problem(host, "admin_user", f"{_show(name, ctx)} is not a valid user name",
+                        "use lowercase letters, digits, '_' and '-', starting with a letter, e.g. 'ops'")]
+    if name in RESERVED_USERS or name.startswith("bot-"):
+        return [Problem(host, "admin_user", f"{name!r} is a system account's name" if name in RESERVED_USERS else
+                        "names starting with 'bot-' are the bots' own users", "choose another name, e.g. 'ops'")]
+    return []
+
+
 def check_admin_keys(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     """admin_keys lines and admin_key_files: real public keys, strong enough, and at least one."""
     keys, files = hv.get("admin_keys", []), hv.get("admin_key_files", [])
@@ -924,7 +947,8 @@ def check_admin_keys(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
 
 def _bot_label(index: int, bot: Mapping) -> str:
     name = bot.get("name")
-    return f"bots.{name}" if isinstance(name, str) and name and not is_templated(name) else f"bots[{index}]"
+    valid = isinstance(name, str) and BOT_NAME_RE.match(name) and not is_templated(name)
+    return f"bots.{name}" if valid else f"bots[{index}]"  # an invalid name is not shown: it may be a paste
 
 
 def _bots(hv: Mapping) -> list[tuple[str, dict]]:
@@ -963,12 +987,9 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     for field, bot in _bots(hv):
         name = bot.get("name")
         if isinstance(name, str) and not is_templated(name) and not BOT_NAME_RE.match(name):
-            fixed = re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-")[:31] or "bot"
-            if not fixed[0].isalpha():
-                fixed = "bot-" + fixed[:27]
             problems.append(Problem(host, f"{field}.name", f"{_show(name, ctx)} is not a valid bot name (it becomes "
-                                    "the user bot-NAME and the unit name)", f"use lowercase letters, digits and "
-                                    f"'-', starting with a letter, at most 31 characters, e.g. {fixed!r}"))
+                                    "the user bot-NAME and the unit name)", "use lowercase letters, digits and "
+                                    "'-', starting with a letter, at most 31 characters, e.g. 'grid-btc'"))
         problems += _check_bot_source(host, field, bot.get("source"))
         command = bot.get("command")
         if isinstance(command, list) and not command:
@@ -1075,8 +1096,9 @@ def _check_bot_environment(host: str, field: str, env: Any, ctx: Context) -> lis
                                     "name", "use letters, digits and '_', not starting with a digit"))
         if not isinstance(value, str):
             problems.append(Problem(host, f"{field}.environment.{key}", f"must be a string, not "
-                                    f"{_show(value, ctx)}", f'quote it: {key}: "{value}"' if isinstance(
-                                        value, (int, float, bool)) else "give a string value"))
+                                    f"{_show(value, ctx)}", f'quote it: {key}: "..." (YAML reads it unquoted as a '
+                                    f'{type(value).__name__})' if isinstance(value, (int, float, bool)) else
+                                    "give a string value"))
     return problems
 
 
@@ -1090,8 +1112,9 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     problems = []
     for field, bot in _bots(hv):
         name, names = bot.get("name"), bot.get("secrets", [])
-        if not isinstance(name, str) or is_templated(name) or not isinstance(names, list):
-            continue
+        if not isinstance(name, str) or is_templated(name) or not BOT_NAME_RE.match(name) or not isinstance(
+                names, list):
+            continue  # an invalid name is reported by check_bot_fields
         entry = vault.get(name, {})
         if is_templated(entry):
             continue
@@ -1100,8 +1123,8 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
                                     f"write it as botvps_secrets: {{{name}: {{VARIABLE: value}}}} in the vault"))
             continue
         for var in names:
-            if not isinstance(var, str) or is_templated(var):
-                continue
+            if not isinstance(var, str) or is_templated(var) or not ENV_NAME_RE.match(var):
+                continue  # an invalid name is reported by _check_bot_secrets_decl
             where = f"botvps_secrets.{name}.{var}"
             if var not in entry or entry[var] in (None, ""):
                 problems.append(Problem(host, where, f"bot {name!r} lists secret {var} but the vault has no "
@@ -1142,7 +1165,7 @@ def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]
 
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
     check_static_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port,
-    check_reboot_time, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
+    check_reboot_time, check_admin_user, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
     check_secrets_vaulted,
 )
 

@@ -361,7 +361,7 @@ CASES = [
     Case("type-bot-signal", bot("web1", kill_signal="SIGKILL"), "web1", "bots.alpha.kill_signal",
          "is not one of SIGTERM, SIGINT", "use one of SIGTERM, SIGINT"),
     Case("bot-env-not-string", bot("web1", environment={"WORKERS": 4}), "web1", "bots.alpha.environment.WORKERS",
-         "must be a string", 'quote it: WORKERS: "4"'),
+         "must be a string", 'quote it: WORKERS: "..."'),
     Case("bot-missing-command", drop_bot_key("web2", "command"), "web2", "bots.beta.command", "is missing",
          "add command:"),
     Case("bot-timeout", bot("web1", timeout_stop_sec=0), "web1", "bots.alpha.timeout_stop_sec",
@@ -432,9 +432,9 @@ CASES = [
     Case("key-hardware-required", gv(admin_require_hardware_keys=True), "web1", "admin_keys[0]",
          "ssh-rsa key but admin_require_hardware_keys is true", "ssh-keygen -t ed25519-sk"),
     # --- bots
-    Case("bot-name-invalid", bot("web1", name="Alpha_Bot"), "web1", "bots.Alpha_Bot.name",
-         "is not a valid bot name", "'alpha-bot'"),
-    Case("bot-name-too-long", bot("web2", name="b" * 32), "web2", f"bots.{'b' * 32}.name",
+    Case("bot-name-invalid", bot("web1", name="Alpha_Bot"), "web1", "bots[0].name",
+         "is not a valid bot name", "'grid-btc'"),
+    Case("bot-name-too-long", bot("web2", name="b" * 32), "web2", "bots[0].name",
          "is not a valid bot name", "at most 31 characters"),
     Case("bot-duplicate-same-host", second_alpha_bot("alpha"), "web1", "bots.alpha.name",
          "'alpha' is already used on this host", "unique name"),
@@ -688,3 +688,47 @@ def test_a_vars_file_named_after_no_host_or_group_is_refused(keys: Keys, tmp_pat
     entry = rel.split("/")[0] + "/" + rel.split("/")[1]
     assert entry in text and "is named after no" in text and fix in text, text
     assert "SENTINEL-stray-value" not in text
+
+
+# A secret pasted into the wrong field: each of these is refused, naming the field, and the value appears
+# nowhere in what validate prints (short, printable, token-like: nothing about it says "secret").
+PASTED = "Zq7pasted9Xk"
+PASTED_FIELDS = [
+    (gv(admin_user=PASTED + "!"), "admin_user"),
+    (hv("web1", static_ipv4=PASTED), "static_ipv4"),
+    (gv(firewall_admin_cidrs=[PASTED]), "firewall_admin_cidrs"),
+    (gv(ssh_port=PASTED), "ssh_port"),
+    (gv(updates_reboot_time=PASTED), "updates_reboot_time"),
+    (gv(updates_auto_reboot=PASTED), "updates_auto_reboot"),
+    (bot("web1", name=PASTED + "!"), "bots"),
+    (bot("web1", exchange=PASTED), "bots.alpha.exchange"),
+    (bot("web1", kill_signal=PASTED), "bots.alpha.kill_signal"),
+    (bot("web1", exchange_base_url=PASTED), "bots.alpha.exchange_base_url"),
+    (bot("web1", secrets=["ALPHA_KEY", "ALPHA_SECRET", PASTED + "-x"]), "bots.alpha.secrets[2]"),
+    (bot("web1", environment={"TOKEN": 73915402886}), "bots.alpha.environment.TOKEN"),
+    (bot("web1", timeout_stop_sec=PASTED), "bots.alpha.timeout_stop_sec"),
+]
+
+
+@pytest.mark.parametrize("mutate, field", PASTED_FIELDS, ids=[f for _, f in PASTED_FIELDS])
+def test_a_value_pasted_into_a_field_is_never_echoed(mutate, field: str, keys: Keys, tmp_path: Path,
+                                                     password_files: dict[str, Path],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    inv = base_inventory(keys)
+    mutate(inv, keys)
+    directory = write_inventory(tmp_path / "inventory", inv)
+    code, output = run_cli([str(directory), "--no-reach", "--vault-password-file", str(password_files["right"])],
+                           capsys)
+    assert code != 0, output
+    assert f" {field}" in output, output
+    assert PASTED not in output and "73915402886" not in output, output
+
+
+@pytest.mark.parametrize("name, message", [("Ops", "is not a valid user name"), ("root", "a system account's name"),
+                                           ("bot-alpha", "the bots' own users"), ("op s", "is not a valid user")])
+def test_an_admin_user_that_would_clash_or_fail_is_refused(name: str, message: str, keys: Keys) -> None:
+    inv = base_inventory(keys)
+    hosts = {"web1": {**inv["group_vars"]["all"], **inv["host_vars"]["web1"], "admin_user": name}}
+    problems = [p for p in v.validate(hosts) if p.field == "admin_user"]
+    assert problems and message in problems[0].message, problems
+    assert "'ops'" in problems[0].fix
