@@ -1128,8 +1128,8 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             where = f"botvps_secrets.{name}.{var}"
             if var not in entry or entry[var] in (None, ""):
                 problems.append(Problem(host, where, f"bot {name!r} lists secret {var} but the vault has no "
-                                        "value for it", f"add it: python -m botvps.secrets set {name} {var} "
-                                        f"--vault VAULT_FILE (or remove {var} from the bot's secrets)"))
+                                        "value for it", f"add it: .venv/bin/invoke secrets.set {name} {var} "
+                                        f"--inventory INVENTORY (or remove {var} from the bot's secrets)"))
                 continue
             value = entry[var]
             if is_templated(value):

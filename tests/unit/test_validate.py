@@ -459,7 +459,7 @@ CASES = [
     # --- secrets and the vault
     Case("secret-missing", drop_secret("alpha", "ALPHA_SECRET"), "web1", "botvps_secrets.alpha.ALPHA_SECRET",
          "lists secret ALPHA_SECRET but the vault has no value",
-         "python -m botvps.secrets set alpha ALPHA_SECRET"),
+         "invoke secrets.set alpha ALPHA_SECRET --inventory"),
     Case("secret-newline", secret("beta", "OKX_SECRET", SENTINELS["beta-secret"] + "\n"), "web2",
          "botvps_secrets.beta.OKX_SECRET", "OKX_SECRET of bot 'beta' is one line ending in a line break",
          "single-line string"),
