@@ -1299,6 +1299,52 @@ def check_reachable(hosts: Mapping[str, Mapping], timeout: float = 5) -> list[Pr
 # CLI
 # --------------------------------------------------------------------------
 
+EXAMPLE_PASSWORD = PROJECT_ROOT / "examples" / "vault-password.example"
+EXAMPLE_VAULT = PROJECT_ROOT / "inventory.example" / "group_vars" / "all" / "vault.yml"
+MAKE_YOUR_OWN_VAULT = ("make a vault of your own: a new password file (chmod 600), then "
+                       "invoke secrets.set BOT VAR --inventory INVENTORY --vault-password-file FILE for each secret")
+
+
+@functools.lru_cache(maxsize=1)
+def _example_values() -> frozenset[str]:
+    """The secret values of the example vault (placeholders everyone can read)."""
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    try:
+        secret = VaultSecret(EXAMPLE_PASSWORD.read_bytes().strip())
+        plain = VaultLib([("default", secret)]).decrypt(EXAMPLE_VAULT.read_bytes())
+        data = yaml.load(plain, Loader=_RoleLoader) or {}  # noqa: S506 - a SafeLoader that reads !unsafe
+    except Exception:  # noqa: BLE001 - no example vault to compare with: nothing to refuse
+        return frozenset()
+    bots = data.get("botvps_secrets") if isinstance(data, dict) else None
+    return frozenset(str(value) for entry in (bots or {}).values() if isinstance(entry, dict)
+                     for value in entry.values() if value not in (None, ""))
+
+
+def check_example_vault(hosts: Mapping[str, Mapping], vault_password_file: str | None) -> list[Problem]:
+    """The example vault's password, or one of its values, in a real inventory: both are public."""
+    problems = []
+    try:
+        same_password = bool(vault_password_file) and Path(vault_password_file).read_bytes().strip() == \
+            EXAMPLE_PASSWORD.read_bytes().strip()
+    except OSError:
+        same_password = False
+    if same_password:
+        problems.append(Problem("all", "vault password file", f"{vault_password_file} holds the example "
+                                "vault's password (examples/vault-password.example), which anyone can read",
+                                MAKE_YOUR_OWN_VAULT))
+    examples = _example_values()
+    for host, hv in hosts.items():
+        vault = hv.get("botvps_secrets")
+        for name, entry in (vault.items() if isinstance(vault, dict) else []):
+            for var, value in (entry.items() if isinstance(entry, dict) else []):
+                if isinstance(value, str) and value in examples:
+                    problems.append(Problem(host, f"botvps_secrets.{name}.{var}", "is the example vault's "
+                                            "placeholder, not a key of yours", f"store your key with invoke "
+                                            f"secrets.set {name} {var} --inventory INVENTORY"))
+    return problems
+
+
 def check(inventory: str | os.PathLike, vault_password_file: str | None = None, reach: bool = True,
           timeout: float = 5, roles_dir: str | os.PathLike = ROLES_DIR) -> tuple[int, str]:
     """Validate (and, with ``reach``, contact) an inventory: (exit code, report)."""
@@ -1306,7 +1352,7 @@ def check(inventory: str | os.PathLike, vault_password_file: str | None = None, 
         hosts = load_inventory(inventory, vault_password_file)
     except InventoryError as err:
         return err.exit_code, format_problems(err.problems)
-    problems = validate(hosts, roles_dir)
+    problems = check_example_vault(hosts, vault_password_file) + validate(hosts, roles_dir)
     if problems:
         return EXIT_INVALID, (format_problems(problems)
                               + f"\n{len(problems)} problem(s); nothing was changed on any host")

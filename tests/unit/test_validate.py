@@ -732,3 +732,22 @@ def test_an_admin_user_that_would_clash_or_fail_is_refused(name: str, message: s
     problems = [p for p in v.validate(hosts) if p.field == "admin_user"]
     assert problems and message in problems[0].message, problems
     assert "'ops'" in problems[0].fix
+
+
+def test_the_example_vaults_password_and_placeholders_are_refused(keys: Keys, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    example_password = v.EXAMPLE_PASSWORD.read_text().strip()
+    [placeholder, *_] = sorted(v._example_values())
+    inv = base_inventory(keys)
+    inv["vault"]["botvps_secrets"]["alpha"]["ALPHA_KEY"] = placeholder
+    directory = write_inventory(tmp_path / "inventory", inv)
+    vault = directory / "group_vars" / "all" / "vault.yml"
+    vault.write_text(encrypt(vault_text(inv["vault"]), example_password))
+    password = tmp_path / "my-copy-of-the-example-password"
+    password.write_text(example_password + "\n")
+    code, output = run_cli([str(directory), "--no-reach", "--vault-password-file", str(password)], capsys)
+    assert code == v.EXIT_INVALID, output
+    assert_line(output, "all", "vault password file", "the example vault's password", "a vault of your own")
+    assert_line(output, "web1", "botvps_secrets.alpha.ALPHA_KEY", "the example vault's placeholder",
+                "invoke secrets.set alpha ALPHA_KEY")
+    assert placeholder not in output and example_password not in output
