@@ -742,8 +742,11 @@ def check_static_ipv4(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             return [Problem(host, "static_ipv4", "is empty but this host runs bots: the exchange whitelists "
                             "the server's public IPv4 address", "set static_ipv4 to the server's public IPv4 address")]
         return []
+    if value != value.strip():
+        return [Problem(host, "static_ipv4", "has white space around the address",
+                        "write the address alone, without spaces or a newline around it")]
     try:
-        address = ipaddress.ip_address(value.strip())
+        address = ipaddress.ip_address(value)
     except ValueError:
         return [Problem(host, "static_ipv4", f"{_show(value, ctx)} is not an IP address",
                         "set the server's public IPv4 address, e.g. static_ipv4: 95.216.10.20")]
@@ -762,7 +765,10 @@ def _check_network(host: str, field: str, value: Any, ctx: Context, allow_any: b
                    allow_address: bool = True) -> list[Problem]:
     if is_templated(value) or not isinstance(value, (str, int)) or isinstance(value, bool):
         return []
-    text = str(value).strip()
+    text = str(value)
+    if text != text.strip():
+        return [Problem(host, field, "has white space around the network",
+                        "write the network alone, without spaces or a newline around it")]
     if allow_any and text == "any":
         return []
     try:
@@ -819,6 +825,19 @@ def check_ssh_port(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
                                     f"(port {port}/tcp, declared for another service)",
                                     "choose a different ssh_port, or move that service to another port"))
     return problems
+
+
+def check_private_key_file(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """ansible_ssh_private_key_file must exist on the controller (else every connection fails after a timeout)."""
+    path = hv.get("ansible_ssh_private_key_file", hv.get("ansible_private_key_file"))
+    if not isinstance(path, str) or not path or is_templated(path):
+        return []
+    if not Path(os.path.expanduser(path)).is_file():
+        name = "ansible_ssh_private_key_file" if "ansible_ssh_private_key_file" in hv else "ansible_private_key_file"
+        return [Problem(host, name, "names no file on the controller",
+                        "give the path of the private key you log in with (e.g. ~/.ssh/id_ed25519), or remove it "
+                        "to use your ssh-agent")]
+    return []
 
 
 def check_ansible_port(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
@@ -990,7 +1009,7 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             problems.append(Problem(host, f"{field}.name", f"{_show(name, ctx)} is not a valid bot name (it becomes "
                                     "the user bot-NAME and the unit name)", "use lowercase letters, digits and "
                                     "'-', starting with a letter, at most 31 characters, e.g. 'grid-btc'"))
-        problems += _check_bot_source(host, field, bot.get("source"))
+        problems += _check_bot_source(host, field, bot.get("source"), hv)
         command = bot.get("command")
         if isinstance(command, list) and not command:
             problems.append(Problem(host, f"{field}.command", "is an empty list",
@@ -1043,9 +1062,23 @@ def _check_bot_state_sqlite(host: str, field: str, paths: Any, ctx: Context) -> 
     return problems
 
 
-def _check_bot_source(host: str, field: str, source: Any) -> list[Problem]:
+def _source_root(hv: Mapping) -> Path | None:
+    """bots_source_root as the role resolves it (default: the botvps checkout); None when templated."""
+    root = hv.get("bots_source_root")
+    if root is None or root == "{{ playbook_dir | dirname }}":  # the role's default: the checkout
+        return PROJECT_ROOT
+    return Path(os.path.expanduser(root)) if isinstance(root, str) and not is_templated(root) else None
+
+
+def _check_bot_source(host: str, field: str, source: Any, hv: Mapping) -> list[Problem]:
     if not isinstance(source, dict):
         return []
+    path, root = source.get("path"), _source_root(hv)
+    if isinstance(path, str) and path and not is_templated(path) and root is not None and len(source) == 1:
+        if not (root / os.path.expanduser(path)).is_dir():
+            return [Problem(host, f"{field}.source.path", "is no directory on the controller (a relative path is "
+                            f"taken from bots_source_root, {'the botvps checkout' if root == PROJECT_ROOT else root})",
+                            "give the directory that holds the bot's code, absolute or relative to it")]
     kinds = [k for k in ("path", "git", "pip") if k in source]
     if len(kinds) != 1:
         what = "has none of path, git, pip" if not kinds else f"has {', '.join(kinds)}"
@@ -1164,7 +1197,7 @@ def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]
 
 
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
-    check_static_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port,
+    check_static_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port, check_private_key_file,
     check_reboot_time, check_admin_user, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
     check_secrets_vaulted,
 )
