@@ -1334,8 +1334,9 @@ def check_reachable(hosts: Mapping[str, Mapping], timeout: float = 5) -> list[Pr
 
 EXAMPLE_PASSWORD = PROJECT_ROOT / "examples" / "vault-password.example"
 EXAMPLE_VAULT = PROJECT_ROOT / "inventory.example" / "group_vars" / "all" / "vault.yml"
-MAKE_YOUR_OWN_VAULT = ("make a vault of your own: a new password file (chmod 600), then "
-                       "invoke secrets.set BOT VAR --inventory INVENTORY --vault-password-file FILE for each secret")
+MAKE_YOUR_OWN_VAULT = ("make a vault of your own: delete the copied group_vars/all/vault.yml, write a new password "
+                       "to a file of yours (chmod 600), then invoke secrets.set BOT VAR --inventory INVENTORY "
+                       "--vault-password-file FILE for each secret")
 
 
 @functools.lru_cache(maxsize=1)
