@@ -760,3 +760,27 @@ def test_the_example_vaults_password_and_placeholders_are_refused(keys: Keys, tm
     assert_line(output, "web1", "botvps_secrets.alpha.ALPHA_KEY", "the example vault's placeholder",
                 "invoke secrets.set alpha ALPHA_KEY")
     assert placeholder not in output and example_password not in output
+
+
+# Every example a fix gives (validate's "e.g. ...") is a value validate itself accepts in that field.
+FIX_EXAMPLES = [
+    (hv("web1", static_ipv4="95.216.10.20"), "static_ipv4"),
+    (gv(firewall_admin_cidrs=["198.51.100.7/32", "2001:db8::/48"]), "firewall_admin_cidrs"),
+    (gv(firewall_admin_cidrs=["0.0.0.0/0", "::/0"]), "firewall_admin_cidrs"),
+    (gv(updates_reboot_time="04:30"), "updates_reboot_time"),
+    (gv(admin_user="ops"), "admin_user"),
+    (bot("web1", command=["python3", "-m", "mybot"]), "bots.alpha.command"),
+    (bot("web1", timeout_stop_sec=30), "bots.alpha.timeout_stop_sec"),
+    (bot("web1", state_sqlite=["tradesv3.sqlite", "data/bot.db"]), "bots.alpha.state_sqlite"),
+    (bot("web1", exchange_base_url="https://api.binance.com"), "bots.alpha.exchange_base_url"),
+    (bot("web1", secrets=["ALPHA_KEY", "ALPHA_SECRET", "BINANCE_API_KEY"]), "bots.alpha.secrets"),
+    (bot("web1", name="grid-btc"), "bots.grid-btc.name"),
+]
+
+
+@pytest.mark.parametrize("mutate, field", FIX_EXAMPLES, ids=[f"{f}-{i}" for i, (_, f) in enumerate(FIX_EXAMPLES)])
+def test_the_examples_in_fixes_are_accepted(mutate, field: str, keys: Keys) -> None:
+    inv = base_inventory(keys)
+    mutate(inv, keys)
+    hosts = {"web1": {**inv["group_vars"]["all"], **inv["host_vars"]["web1"]}}
+    assert [p for p in v.validate(hosts) if p.field.startswith(field)] == []
