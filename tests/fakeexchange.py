@@ -205,7 +205,7 @@ def bybit(req: Request, key: str | None, state: dict[str, Any] | None, fake: Fak
     if not _ip_allowed(req.client_ip, state["ips"]):
         return _bybit_reply(10010, "Unmatched IP, please check your API key's bound IP "
                                    "addresses.", {}, req.now)
-    wallet = ["AccountTransfer"] + (["SubMemberTransfer"] if state["internal_transfer"] else [])
+    wallet = ["AccountTransfer", "SubMemberTransfer"] if state["internal_transfer"] else []
     wallet += ["Withdraw"] if state["withdraw"] else []
     expires = state["expires_at"]
     result = {

@@ -242,6 +242,15 @@ def test_binance_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -
     assert result.report["reasons"] == ["internal transfer enabled", "universal transfer enabled"]
 
 
+def test_bybit_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["bybit"]
+    add(fake, case, internal_transfer=True)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert result.code == 1
+    assert result.report["reasons"] == ["transfers enabled (Wallet: AccountTransfer)",
+                                        "transfers enabled (Wallet: SubMemberTransfer)"]
+
+
 @pytest.mark.parametrize("name", ["binance", *WITH_IP_LIST])
 def test_no_ip_restriction_fails(name: str, fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES[name]

@@ -984,6 +984,7 @@ class Bybit(Exchange):
     recv_window_ms = 5000
     auth_codes = frozenset({"10003", "10004", "10005", "10007", "10009", "10010", "33004"})
     skew_codes = frozenset({"10002"})
+    transfer_permissions = ("AccountTransfer", "SubMemberTransfer", "SubMemberTransferList")
 
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         timestamp, recv_window, query = str(_millis(now)), str(self.recv_window_ms), ""
@@ -1009,6 +1010,10 @@ class Bybit(Exchange):
         findings = []
         if "withdraw" in granted:
             findings.append(Finding(FAIL, "withdrawals enabled"))
+        # Wallet permissions that move funds: between the account's own wallets, and to or from sub-accounts
+        # (funds sent to a sub-account leave this key's account). A trading bot needs none of them.
+        findings += [Finding(FAIL, f"transfers enabled (Wallet: {name})") for name in self.transfer_permissions
+                     if name.lower() in granted]
         ips = _require(payload, "ips", list, self.name)
         findings += allowlist_findings(ips, ctx.static_ipv4)
         try:
