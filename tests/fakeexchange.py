@@ -36,7 +36,8 @@ Per-key fields (see KEY_DEFAULTS): exchange, secret, passphrase (okx),
 withdraw, internal_transfer, universal_transfer, ips ([] = unrestricted),
 expires_at (unix seconds or null), fail_5xx (the first N requests get HTTP
 503), slow + delay (the first N requests are answered only after `delay`
-seconds), min_nonce (kraken), override (dict merged into the result object).
+seconds), min_nonce (kraken), override (dict merged into the result object), warnings (kraken: "W..." entries
+in the reply's error list, beside a result).
 fail_5xx/slow count from the moment the key's settings last changed.
 
 Server-wide: clock_offset (seconds added to the server clock, to provoke
@@ -71,7 +72,7 @@ KEY_DEFAULTS: Mapping[str, Any] = {
     "exchange": None, "secret": None, "passphrase": None,
     "withdraw": False, "internal_transfer": False, "universal_transfer": False,
     "ips": [], "expires_at": None, "fail_5xx": 0, "slow": 0, "delay": 0.0,
-    "min_nonce": 0, "override": {},
+    "min_nonce": 0, "override": {}, "warnings": [],
 }
 
 Reply = tuple[int, str, bytes]  # status, content type, body
@@ -325,7 +326,7 @@ def kraken(req: Request, key: str | None, state: dict[str, Any] | None, fake: Fa
         "queryTo": "0", "createdTime": "1772542900", "modifiedTime": "1772543095",
         "ipAllowlist": state["ips"], "lastUsed": str(int(req.now)),
     }
-    return _kraken_reply([], {**result, **state["override"]})
+    return _kraken_reply(list(state["warnings"]), {**result, **state["override"]})
 
 
 # ---------------------------------------------------------------- coinbase

@@ -242,6 +242,13 @@ def test_binance_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -
     assert result.report["reasons"] == ["internal transfer enabled", "universal transfer enabled"]
 
 
+def test_a_kraken_reply_with_warnings_only_is_judged(fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["kraken"]
+    add(fake, case, warnings=["WGeneral:Deprecated endpoint"])
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "pass"), result.report
+
+
 def test_bybit_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES["bybit"]
     add(fake, case, internal_transfer=True)

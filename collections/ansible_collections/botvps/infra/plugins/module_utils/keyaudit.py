@@ -1115,9 +1115,11 @@ class Kraken(Exchange):
         return HttpRequest("POST", base_url + self.path, headers, postdata.encode())
 
     def error_of(self, status: int, body: Any) -> tuple[str, str] | None:
-        errors = body.get("error") if isinstance(body, dict) else None
+        # Each entry is SEVERITY CATEGORY:MESSAGE; severity W is a warning that comes with a result.
+        errors = [str(e) for e in body.get("error") or [] if not str(e).startswith("W")] \
+            if isinstance(body, dict) else None
         if errors:
-            return str(errors[0]), ""
+            return errors[0], ""
         return None
 
     def payload_of(self, body: Any) -> Any:
