@@ -36,7 +36,8 @@ Per-key fields (see KEY_DEFAULTS): exchange, secret, passphrase (okx),
 withdraw, internal_transfer, universal_transfer, ips ([] = unrestricted),
 expires_at (unix seconds or null), fail_5xx (the first N requests get HTTP
 503), slow + delay (the first N requests are answered only after `delay`
-seconds), min_nonce (kraken), override (dict merged into the result object), warnings (kraken: "W..." entries
+seconds), min_nonce (kraken), blocked (an HTTP status, 403 or 451: the
+exchange's CDN refuses this server's location with an HTML page), override (dict merged into the result object), warnings (kraken: "W..." entries
 in the reply's error list, beside a result).
 fail_5xx/slow count from the moment the key's settings last changed.
 
@@ -72,8 +73,13 @@ KEY_DEFAULTS: Mapping[str, Any] = {
     "exchange": None, "secret": None, "passphrase": None,
     "withdraw": False, "internal_transfer": False, "universal_transfer": False,
     "ips": [], "expires_at": None, "fail_5xx": 0, "slow": 0, "delay": 0.0,
-    "min_nonce": 0, "override": {}, "warnings": [],
+    "min_nonce": 0, "override": {}, "warnings": [], "blocked": 0,
 }
+# What a CDN in front of an exchange answers a request from a blocked country (HTTP 403, CloudFront's page), or
+# Cloudflare's browser check answers a client that gives urllib's default User-Agent.
+BLOCKED_PAGE = (b"<!DOCTYPE HTML><HTML><HEAD><TITLE>ERROR: The request could not be satisfied</TITLE></HEAD><BODY>"
+                b"<H1>403 ERROR</H1><H2>The request could not be satisfied.</H2>The Amazon CloudFront distribution "
+                b"is configured to block access from your country.</BODY></HTML>")
 
 Reply = tuple[int, str, bytes]  # status, content type, body
 
@@ -590,14 +596,18 @@ class FakeExchange:
         settings = state.keys.get(key) if key else None
         if settings is not None and settings["exchange"] != exchange:
             settings = None
-        reply = self._maybe_misbehave(key, settings) or handler(req, key, settings, self)
+        reply = self._maybe_misbehave(key, settings, req) or handler(req, key, settings, self)
         with self._lock:
             self.requests.append((method, path, key, reply[0]))
         return reply
 
-    def _maybe_misbehave(self, key: str | None, settings: dict[str, Any] | None) -> Reply | None:
+    def _maybe_misbehave(self, key: str | None, settings: dict[str, Any] | None, req: Request) -> Reply | None:
+        if req.headers.get("user-agent", "").startswith("Python-urllib"):
+            return 403, "text/html", BLOCKED_PAGE  # Cloudflare's browser check
         if key is None or settings is None:
             return None
+        if settings["blocked"]:
+            return int(settings["blocked"]), "text/html", BLOCKED_PAGE
         attempt = self._count(key, settings)
         if attempt <= int(settings["fail_5xx"]):
             return 503, "text/html", b"<html><body><h1>503 Service Unavailable</h1></body></html>"

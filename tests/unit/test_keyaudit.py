@@ -242,6 +242,24 @@ def test_binance_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -
     assert result.report["reasons"] == ["internal transfer enabled", "universal transfer enabled"]
 
 
+@pytest.mark.parametrize("status", [403, 451])
+@pytest.mark.parametrize("name", ["binance", "bybit"])
+def test_a_blocked_location_is_named_as_such(name: str, status: int, fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES[name]
+    add(fake, case, blocked=status)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert result.code == 2  # could not check: never a verdict on the key
+    [reason] = result.report["reasons"]
+    assert f"refused this server's location (HTTP {status}" in reason and "rejected the key" not in reason
+
+
+def test_the_audit_sends_a_user_agent_of_its_own(fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["okx"]  # the fake answers urllib's default User-Agent as Cloudflare's browser check does
+    add(fake, case)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "pass"), result.report
+
+
 def test_a_kraken_reply_with_warnings_only_is_judged(fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES["kraken"]
     add(fake, case, warnings=["WGeneral:Deprecated endpoint"])

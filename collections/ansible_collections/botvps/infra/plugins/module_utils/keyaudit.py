@@ -63,6 +63,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+USER_AGENT = "botvps-keyaudit/1 (+https://github.com/botvps)"
 EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_UNCHECKED = 2
@@ -456,8 +457,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def urllib_send(request: HttpRequest, timeout: float) -> HttpResponse:
     """Send one request; any status is a response, network trouble is transient."""
-    req = urllib.request.Request(request.url, data=request.body,
-                                 headers=dict(request.headers), method=request.method)
+    headers = {"User-Agent": USER_AGENT, **request.headers}  # urllib's own is one CDNs' bot checks refuse
+    req = urllib.request.Request(request.url, data=request.body, headers=headers, method=request.method)
     opener = urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(req, timeout=timeout) as resp:
@@ -873,6 +874,10 @@ class Exchange:
                 raise CheckError(f"{self.name} returned an unexpected response shape")
             return payload
         code, message = error
+        if resp.status == 451 or (resp.status == 403 and body is None):
+            raise CheckError(f"{self.name} refused this server's location (HTTP {resp.status} from its network, "
+                             "not an answer about the key): the exchange does not serve the country or network "
+                             "this server is in; run the bot from a server in a region it serves")
         text = f"{code} {message}".strip()
         if code in self.skew_codes:
             raise ClockSkewError(f"{self.name} rejected the request time: {text}; "
