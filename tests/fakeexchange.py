@@ -36,7 +36,7 @@ Per-key fields (see KEY_DEFAULTS): exchange, secret, passphrase (okx),
 withdraw, internal_transfer, universal_transfer, ips ([] = unrestricted),
 expires_at (unix seconds or null), fail_5xx (the first N requests get HTTP
 503), slow + delay (the first N requests are answered only after `delay`
-seconds), min_nonce (kraken), blocked (an HTTP status, 403 or 451: the
+seconds), min_nonce (kraken), main_account (bybit's isMaster, okx's uid == mainUid), blocked (an HTTP status, 403 or 451: the
 exchange's CDN refuses this server's location with an HTML page), override (dict merged into the result object), warnings (kraken: "W..." entries
 in the reply's error list, beside a result).
 fail_5xx/slow count from the moment the key's settings last changed.
@@ -73,7 +73,7 @@ KEY_DEFAULTS: Mapping[str, Any] = {
     "exchange": None, "secret": None, "passphrase": None,
     "withdraw": False, "internal_transfer": False, "universal_transfer": False,
     "ips": [], "expires_at": None, "fail_5xx": 0, "slow": 0, "delay": 0.0,
-    "min_nonce": 0, "override": {}, "warnings": [], "blocked": 0,
+    "min_nonce": 0, "override": {}, "warnings": [], "blocked": 0, "main_account": False,
 }
 # What a CDN in front of an exchange answers a request from a blocked country (HTTP 403, CloudFront's page), or
 # Cloudflare's browser check answers a client that gives urllib's default User-Agent.
@@ -226,7 +226,8 @@ def bybit(req: Request, key: str | None, state: dict[str, Any] | None, fake: Fak
         "expiredAt": _iso(expires) if expires else "",
         "createdAt": "2024-01-02T03:04:05Z", "unified": 0, "uta": 1, "userID": 24617703,
         "inviterID": 0, "vipLevel": "No VIP", "mktMakerLevel": "0", "affiliateID": 0,
-        "rsaPublicKey": "", "isMaster": True, "parentUid": "0", "kycLevel": "LEVEL_DEFAULT",
+        "rsaPublicKey": "", "isMaster": state["main_account"],
+        "parentUid": "0" if state["main_account"] else "24617700", "kycLevel": "LEVEL_DEFAULT",
         "kycRegion": "",
     }
     return _bybit_reply(0, "", {**result, **state["override"]}, req.now)
@@ -269,7 +270,8 @@ def okx(req: Request, key: str | None, state: dict[str, Any] | None, fake: FakeE
                                    "key's IP whitelist.")
     perm = ["read_only", "trade"] + (["withdraw"] if state["withdraw"] else [])
     config = {
-        "uid": "44705892343619584", "mainUid": "44705892343619584", "acctLv": "2",
+        "uid": "44705892343619584" if state["main_account"] else "44705892343619585",
+        "mainUid": "44705892343619584", "acctLv": "2",
         "acctStpMode": "cancel_maker", "posMode": "net_mode", "autoLoan": False,
         "greeksType": "PA", "level": "Lv1", "levelTmp": "", "ctIsoMode": "automatic",
         "mgnIsoMode": "automatic", "spotOffsetType": "", "roleType": "0",

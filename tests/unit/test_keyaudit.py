@@ -260,6 +260,15 @@ def test_the_audit_sends_a_user_agent_of_its_own(fake: FakeExchange, tmp_path: P
     assert (result.code, result.report["status"]) == (0, "pass"), result.report
 
 
+@pytest.mark.parametrize("name", ["bybit", "okx"])
+def test_a_main_account_key_is_warned_about(name: str, fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES[name]
+    add(fake, case, main_account=True)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "warn"), result.report  # a warning: the bot still starts
+    assert any("main account" in r and "sub-account" in r for r in result.report["reasons"]), result.report
+
+
 def test_a_kraken_reply_with_warnings_only_is_judged(fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES["kraken"]
     add(fake, case, warnings=["WGeneral:Deprecated endpoint"])

@@ -910,6 +910,10 @@ def _short_text(raw: bytes) -> str:
     return " ".join(text.split())[:200]
 
 
+MAIN_ACCOUNT = ("the key belongs to the main account: trade from a sub-account holding only the bot's funds, so a "
+                "leaked key cannot reach the rest")
+
+
 def _server_clock_skew(resp: HttpResponse, now: float) -> float | None:
     """Server Date header minus local time, in seconds, if the server sent one."""
     try:
@@ -1021,6 +1025,8 @@ class Bybit(Exchange):
                      if name.lower() in granted]
         ips = _require(payload, "ips", list, self.name)
         findings += allowlist_findings(ips, ctx.static_ipv4)
+        if payload.get("isMaster") is True:
+            findings.append(Finding(WARN, MAIN_ACCOUNT))
         try:
             expires = _parse_timestamp(payload.get("expiredAt"))
         except ValueError:
@@ -1072,7 +1078,9 @@ class Okx(Exchange):
         perms = [p.strip() for p in _require(payload, "perm", str, self.name).split(",")]
         findings = [Finding(FAIL, "withdrawals enabled")] if "withdraw" in perms else []
         ips = _require(payload, "ip", str, self.name).split(",")
-        return findings + allowlist_findings(ips, ctx.static_ipv4)
+        findings += allowlist_findings(ips, ctx.static_ipv4)
+        uid, main = payload.get("uid"), payload.get("mainUid")
+        return findings + ([Finding(WARN, MAIN_ACCOUNT)] if uid and uid == main else [])
 
 
 class Kraken(Exchange):
