@@ -1020,6 +1020,11 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
                                     "give a command, or null for the kill_signal alone"))
         problems += _check_bot_secrets_decl(host, field, bot, ctx)
         problems += _check_bot_environment(host, field, bot.get("environment"), ctx)
+        env, names = bot.get("environment"), bot.get("secrets")
+        if isinstance(env, dict) and isinstance(names, list):
+            problems += [Problem(host, f"{field}.environment.{key}", "is also one of the bot's secrets: one of the "
+                                 "two values would silently win", "keep it in secrets (the vault) and remove it "
+                                 "from environment") for key in env if key in names]
         timeout = _as_int(bot.get("timeout_stop_sec"))
         if "timeout_stop_sec" in bot and timeout is not None and timeout <= 0:
             problems.append(Problem(host, f"{field}.timeout_stop_sec", f"{timeout} is not a positive number of "

@@ -341,6 +341,8 @@ CASES = [
          "white space around", "without spaces"),
     Case("source-path-missing", bot("web1", source={"path": "examples/no-such-bot"}), "web1",
          "bots.alpha.source.path", "is no directory on the controller", "absolute or relative"),
+    Case("secret-also-in-environment", bot("web1", environment={"ALPHA_KEY": "x"}), "web1",
+         "bots.alpha.environment.ALPHA_KEY", "is also one of the bot's secrets", "remove it from environment"),
     Case("private-key-missing", hv("web2", ansible_ssh_private_key_file="/nonexistent/id_ed25519"), "web2",
          "ansible_ssh_private_key_file", "names no file on the controller", "ssh-agent"),
     Case("typo-in-bot", bot("web1", comand=["x"]), "web1", "bots.alpha.comand", "unknown key",
