@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from botvps.paths import PROJECT_ROOT
+from botvps.report.redact import MIN_SECRET_LEN, Redactor
 from botvps.secrets import is_line_with_newline
 
 ROLES_DIR = PROJECT_ROOT / "roles"
@@ -97,7 +98,6 @@ EXTRA_PREFIXES = ("bots_",)
 
 # Inventory variables whose values are credentials, besides botvps_secrets and vaulted values.
 SECRET_VAR_RE = re.compile(r"^vault_|pass$|password$|passphrase$|secret$|token$", re.IGNORECASE)
-MIN_SECRET_LEN = 6  # shorter values are not scrubbed from messages (they would mangle ordinary words)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -555,15 +555,8 @@ def _collect_secrets(hosts: Mapping[str, Mapping]) -> set[str]:
     return found
 
 
-def _redact(problem: Problem, secrets: set[str]) -> Problem:
-    fields = {}
-    for name in ("host", "field", "message", "fix"):
-        text = getattr(problem, name)
-        for secret in sorted(secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, "***")
-        fields[name] = text
-    return Problem(**fields)
+def _redact(problem: Problem, redactor: Redactor) -> Problem:
+    return Problem(*(redactor.known(getattr(problem, name)) for name in ("host", "field", "message", "fix")))
 
 
 # --------------------------------------------------------------------------
@@ -1276,7 +1269,8 @@ def validate(hosts: Mapping[str, Mapping], roles_dir: str | os.PathLike = ROLES_
     for cross in CROSS_HOST_CHECKS:
         problems += cross(merged_all, ctx)
     unique = list(dict.fromkeys(problems))
-    return [_redact(p, ctx.secrets) for p in unique]
+    redactor = Redactor(ctx.secrets)
+    return [_redact(p, redactor) for p in unique]
 
 
 # --------------------------------------------------------------------------
