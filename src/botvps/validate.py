@@ -63,6 +63,8 @@ REBOOT_TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 # The ``bots`` variable, one entry per bot, when roles/bots/meta/argument_specs.yml does not
 # document it (the role's own spec wins when it does).
+# The bots role's bot options (roles/bots/meta/argument_specs.yml is the source; a unit test keeps this
+# fallback and the role's bots_entry_defaults equal to it).
 BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "name": {"type": "str", "required": True},
     "source": {"type": "dict", "required": True, "options": {
@@ -76,12 +78,13 @@ BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "environment": {"type": "dict", "default": {}},
     "egress_ports": {"type": "list", "elements": "int", "default": [443]},
     "kill_signal": {"type": "str", "choices": ["SIGTERM", "SIGINT"], "default": "SIGTERM"},
-    "timeout_stop_sec": {"type": "int", "default": 30},
+    "timeout_stop_sec": {"type": "int", "default": 120},
     "stop_command": {"type": "list", "elements": "str"},
     "key_audit": {"type": "bool", "default": True},
     "key_audit_fail_open": {"type": "bool", "default": False},
     "exchange_base_url": {"type": "str"},
     "state_sqlite": {"type": "list", "elements": "str", "default": []},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
 }
 
 # Variables botvps reads that belong to no role.

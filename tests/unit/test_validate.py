@@ -786,3 +786,16 @@ def test_the_examples_in_fixes_are_accepted(mutate, field: str, keys: Keys) -> N
     mutate(inv, keys)
     hosts = {"web1": {**inv["group_vars"]["all"], **inv["host_vars"]["web1"]}}
     assert [p for p in v.validate(hosts) if p.field.startswith(field)] == []
+
+
+def test_the_bot_defaults_are_the_specs_everywhere() -> None:
+    """argument_specs.yml is the one source: validate's fallback and the role's bots_entry_defaults agree."""
+    spec = v.load_schema().options["bots"]["options"]
+    entry_defaults = yaml.safe_load((v.ROLES_DIR / "bots" / "vars" / "main.yml").read_text())["bots_entry_defaults"]
+    for name, option in spec.items():
+        fallback = v.BOT_OPTIONS.get(name, {})
+        assert (fallback.get("type"), fallback.get("default"), fallback.get("choices")) == \
+            (option.get("type"), option.get("default"), option.get("choices")), name
+        if "default" in option:
+            assert entry_defaults.get(name) == option["default"], name
+    assert set(v.BOT_OPTIONS) == set(spec)
