@@ -439,6 +439,18 @@ def security_updates(apt_output: str) -> list[str]:
     return found
 
 
+UFW_MARK = "botvps"  # the comment on every ufw rule the firewall role declares
+UFW_RESCUE_MARK = "botvps-rescue"  # the ssh role's rollback opened the old port again (roles/ssh/tasks/main.yml)
+
+
+def ufw_rule_owner(comment: str) -> str:
+    """Whose a ufw rule is, from its comment: "declared" (the firewall role's), "rescue" (the ssh role's rollback
+    left it: the next provision removes it) or "foreign" (by hand, or another tool). drift and the report judge
+    rules by this one reading."""
+    comment = comment.strip().strip("'\"")
+    return "declared" if comment == UFW_MARK else "rescue" if comment == UFW_RESCUE_MARK else "foreign"
+
+
 def clock_offset(timesync_status: str) -> float | None:
     """Seconds the clock was off at timesyncd's last poll (``timedatectl timesync-status``'s ``Offset: +1.234ms``).
 
@@ -516,7 +528,11 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
             if "Status: active" not in status.get("out", ""):
                 report.add("ufw-rules", "ufw is not active")
             for line in added.get("out", "").splitlines()[1:]:
-                if line.strip() and not line.rstrip().endswith("comment 'botvps'"):
+                owner = ufw_rule_owner(line.rpartition(" comment ")[2] if " comment " in line else "")
+                if line.strip() and owner == "rescue":
+                    report.add("ufw-rules", f"rescue rule left by a rolled-back SSH change: {line.strip()} "
+                                            "(the next invoke provision removes it)")
+                elif line.strip() and owner == "foreign":
                     report.add("ufw-rules", f"rule without the botvps mark: {line.strip()}")
 
     # sshd

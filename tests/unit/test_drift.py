@@ -154,6 +154,23 @@ def test_listening_sockets_beyond_loopback_must_be_declared():
     assert drift._port_set([{"port": 53, "proto": "udp"}]) == set()
 
 
+def test_a_rescue_rule_is_drift_in_drift_and_a_warning_in_the_report():
+    """One reading of the ufw mark (drift.ufw_rule_owner): after a rollback both say the rescue rule is not the
+    declared state."""
+    from botvps.report import scorecard
+
+    added = facts()["ufw_added"]["out"] + "ufw limit 2222/tcp comment 'botvps-rescue'\n"
+    assert only(evaluate(fct=facts(ufw_added=ok(added))), "ufw-rules") == [
+        "rescue rule left by a rolled-back SSH change: ufw limit 2222/tcp comment 'botvps-rescue' "
+        "(the next invoke provision removes it)"]
+    status = ("Status: active\nLogging: on (low)\nDefault: deny (incoming), allow (outgoing), deny (routed)\n"
+              "New profiles: skip\n\nTo                         Action      From\n--                         ------      ----\n"
+              "22/tcp                     LIMIT IN    Anywhere                   # botvps\n"
+              "2222/tcp                   LIMIT IN    Anywhere                   # botvps-rescue\n")
+    assert scorecard.ufw_rules(status)[1][1]["comment"] == "botvps-rescue"
+    assert [drift.ufw_rule_owner(r["comment"]) for r in scorecard.ufw_rules(status)[1]] == ["declared", "rescue"]
+
+
 def test_ufw_rules_need_the_mark_and_ufw_active():
     added = facts()["ufw_added"]["out"] + "ufw allow 9999/tcp\nufw allow from 10.0.0.0/8 to any port 80 proto tcp comment 'other'\n"
     report = evaluate(fct=facts(ufw_added=ok(added), ufw_status=ok("Status: inactive\n")))

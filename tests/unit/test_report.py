@@ -64,7 +64,7 @@ def test_firewall_rules_marks_and_state():
     assert fw.status == PASS and [r[3] for r in fw.tables[0].rows] == ["botvps", "botvps"]
     extra = document()["ufw_status"]["out"] + "8080/tcp                   ALLOW IN    Anywhere\n"
     fw = sections(document(ufw_status=ok(extra)))["firewall"]
-    assert fw.status == WARN and "1 not botvps'" in fw.summary
+    assert fw.status == WARN and "1 not declared" in fw.summary
     assert fw.tables[0].rows[-1] == ["8080/tcp", "ALLOW IN", "Anywhere", ""]
     assert sections(document(ufw_status=ok("Status: inactive\n")))["firewall"].status == FAIL
     assert sections(document(ufw_status={"rc": 1, "out": "", "err": "ERROR: need root"}))["firewall"].status == UNKNOWN

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from botvps.drift import CLOCK_MAX_OFFSET, clock_offset, security_updates
+from botvps.drift import CLOCK_MAX_OFFSET, clock_offset, security_updates, ufw_rule_owner
 from botvps.report.model import (FAIL, INFO, PASS, UNKNOWN, WARN, Section, Table, ago, local_epoch, plural, short, when,
                                  worst)
 from botvps.report.sshaudit import AuditResult
@@ -188,7 +188,7 @@ def firewall(gather: dict[str, Any]) -> Section:
     header, rules = ufw_rules(status["out"])
     active = header.get("Status") == "active"
     default = header.get("Default", "")
-    unmarked = [r for r in rules if r["comment"] != "botvps" and not r["comment"].startswith("botvps")]
+    unmarked = [r for r in rules if ufw_rule_owner(r["comment"]) != "declared"]
     statuses = [WARN if r in unmarked else PASS for r in rules]
     problems = []
     if not active:
@@ -202,7 +202,8 @@ def firewall(gather: dict[str, Any]) -> Section:
         summary = "ufw is not active: every port that listens is open. Run `invoke provision`."
     else:
         summary = (f"active; default {default or '?'}; {plural(len(rules), 'rule')}"
-                   + (f", {len(unmarked)} not botvps' (no 'botvps' comment: added by hand, or by another tool)"
+                   + (f", {len(unmarked)} not declared (a rescue rule from a rolled-back SSH change, or no 'botvps' "
+                      "comment: added by hand, or by another tool); `invoke provision` makes them the declared set"
                       if unmarked else ", all botvps'"))
     table = Table(["to", "action", "from", "comment"], [[r["to"], r["action"], r["from"], r["comment"]] for r in rules],
                   statuses=statuses)
