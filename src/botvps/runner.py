@@ -102,17 +102,24 @@ JSON_CALLBACK_ENV = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_J
                      "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"}
 
 
+def callback_document(stdout: str) -> dict | None:
+    """The JSON callback's report: the last line of ``stdout`` that starts with ``{`` (None if there is none)."""
+    documents = [line for line in stdout.splitlines() if line.startswith("{")]
+    try:
+        document = json.loads(documents[-1])
+    except (ValueError, IndexError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
 def json_playbook(playbook_path: Path, inventory: Path, extra_args: list[str] | None = None,
                   env: dict[str, str] | None = None) -> tuple[dict | None, str]:
     """ansible-playbook with the JSON callback: (its report, None when it printed none; stderr or output tail)."""
     command = ["ansible-playbook", "-i", str(inventory), str(playbook_path), *(extra_args or [])]
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=environment({**JSON_CALLBACK_ENV, **(env or {})}),
                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    documents = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    try:
-        return json.loads(documents[-1]), result.stderr
-    except (ValueError, IndexError):
-        return None, (result.stderr + result.stdout)[-2000:]
+    document = callback_document(result.stdout)
+    return (document, result.stderr) if document is not None else (None, (result.stderr + result.stdout)[-2000:])
 
 
 def task_results(report: dict, task_prefix: str) -> dict[str, dict]:

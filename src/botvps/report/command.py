@@ -25,8 +25,7 @@ from botvps.report.sshaudit import AuditResult, audit
 PLAYBOOK = PROJECT_ROOT / "playbooks" / "report.yml"
 PROBE_TASK = "Report, read everything in one call"
 TARGET_TASK = "Report, where the controller reaches this host's SSH"
-CALLBACK_ENV = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_JSON_INDENT": "0",
-                "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1"}
+CALLBACK_ENV = runner.JSON_CALLBACK_ENV
 
 
 @dataclass
@@ -39,11 +38,10 @@ class Gathered:
 
 def parse_callback(output: str) -> dict[str, Gathered]:
     """The JSON callback's document (its last line starting with ``{``) as one Gathered per host."""
-    lines = [line for line in output.splitlines() if line.startswith("{")]
     try:
-        document = json.loads(lines[-1])
-        tasks = [task for play in document["plays"] for task in play["tasks"]]
-    except (ValueError, IndexError, KeyError, TypeError):
+        document = runner.callback_document(output)
+        tasks = [task for play in document["plays"] for task in play["tasks"]]  # type: ignore[index]
+    except (KeyError, TypeError):
         tail = " | ".join(line for line in output.strip().splitlines()[-4:])
         raise GatherError(f"ansible-playbook gave no result: {tail[-600:] or 'no output'}") from None
     gathered: dict[str, Gathered] = {}
