@@ -527,12 +527,12 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
         else:
             if "Status: active" not in status.get("out", ""):
                 report.add("ufw-rules", "ufw is not active")
-            for line in added.get("out", "").splitlines()[1:]:
+            for line in filter(str.strip, added.get("out", "").splitlines()[1:]):
                 owner = ufw_rule_owner(line.rpartition(" comment ")[2] if " comment " in line else "")
-                if line.strip() and owner == "rescue":
+                if owner == "rescue":
                     report.add("ufw-rules", f"rescue rule left by a rolled-back SSH change: {line.strip()} "
                                             "(the next invoke provision removes it)")
-                elif line.strip() and owner == "foreign":
+                elif owner == "foreign":
                     report.add("ufw-rules", f"rule without the botvps mark: {line.strip()}")
 
     # sshd

@@ -62,9 +62,8 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REBOOT_TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 # The ``bots`` variable, one entry per bot, when roles/bots/meta/argument_specs.yml does not
-# document it (the role's own spec wins when it does).
-# The bots role's bot options (roles/bots/meta/argument_specs.yml is the source; a unit test keeps this
-# fallback and the role's bots_entry_defaults equal to it).
+# document it (the role's own spec wins when it does; a unit test keeps this fallback and the role's
+# bots_entry_defaults equal to that spec).
 BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "name": {"type": "str", "required": True},
     "source": {"type": "dict", "required": True, "options": {
@@ -173,12 +172,20 @@ def _encrypted_files(inventory_dir: Path) -> list[Path]:
     return found
 
 
+VARS_SUFFIXES = ("", ".yml", ".yaml", ".json")  # the files Ansible's host_group_vars plugin reads
+
+
+def _vars_entry_name(entry: Path) -> str:
+    """The host or group a host_vars/ or group_vars/ entry is for: a directory's name, a file's stem."""
+    return entry.stem if entry.is_file() and entry.suffix in VARS_SUFFIXES else entry.name
+
+
 def _hosts_for_file(rel: Path, inventory: Any) -> str:
     """Which hosts a vars file applies to (group_vars/G/... or host_vars/H/...); inventory is an InventoryManager."""
     parts = rel.parts
     if len(parts) >= 2 and parts[0] in ("group_vars", "host_vars"):
         name = parts[1]
-        if len(parts) == 2 and Path(name).suffix in (".yml", ".yaml", ".json"):
+        if len(parts) == 2 and Path(name).suffix in VARS_SUFFIXES[1:]:
             name = Path(name).stem
         if parts[0] == "host_vars":
             return name
@@ -218,8 +225,8 @@ def _check_vars_files(inventory_dir: Path, loader: Any, inventory: Any) -> list[
         root = inventory_dir / kind
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
             rel = path.relative_to(inventory_dir)
-            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or path.suffix not in (
-                    "", ".yml", ".yaml", ".json"):
+            if not path.is_file() or any(part.startswith(".") for part in rel.parts) or path.suffix not in \
+                    VARS_SUFFIXES:
                 continue
             try:
                 data = loader.load_from_file(str(path))
@@ -242,11 +249,9 @@ def _check_stray_vars_files(inventory_dir: Path, inventory: Any) -> list[Problem
     for kind, names in (("host_vars", {h.name for h in inventory.get_hosts()}), ("group_vars", set(inventory.groups))):
         root = inventory_dir / kind
         for path in sorted(root.iterdir()) if root.is_dir() else []:
-            if path.name.startswith("."):
+            if path.name.startswith(".") or (path.is_file() and path.suffix not in VARS_SUFFIXES):
                 continue
-            name = path.stem if path.is_file() and path.suffix in (".yml", ".yaml", ".json") else path.name
-            if path.is_file() and path.suffix not in ("", ".yml", ".yaml", ".json"):
-                continue
+            name = _vars_entry_name(path)
             if name in names:
                 continue
             what = "host" if kind == "host_vars" else "group"
@@ -882,7 +887,7 @@ RESERVED_USERS = frozenset({"root", "daemon", "bin", "sys", "sync", "games", "ma
 
 def check_admin_user(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     """The admin account's name: a valid Linux user name, not a system account's, not a bot's (bot-NAME)."""
-    name = hv.get("admin_user", "ops")
+    name = hv.get("admin_user")
     if not isinstance(name, str) or is_templated(name):
         return []  # a type problem is reported by check_types
     if not USER_NAME_RE.match(name):
@@ -1005,7 +1010,7 @@ def check_bot_fields(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             problems.append(Problem(host, f"{field}.name", f"{_show(name, ctx)} is not a valid bot name (it becomes "
                                     "the user bot-NAME and the unit name)", "use lowercase letters, digits and "
                                     "'-', starting with a letter, at most 31 characters, e.g. 'grid-btc'"))
-        problems += _check_bot_source(host, field, bot.get("source"), hv)
+        problems += _check_bot_source(host, field, bot.get("source"), hv, ctx)
         command = bot.get("command")
         if isinstance(command, list) and not command:
             problems.append(Problem(host, f"{field}.command", "is an empty list",
@@ -1063,18 +1068,19 @@ def _check_bot_state_sqlite(host: str, field: str, paths: Any, ctx: Context) -> 
     return problems
 
 
-def _source_root(hv: Mapping) -> Path | None:
-    """bots_source_root as the role resolves it (default: the botvps checkout); None when templated."""
+def _source_root(hv: Mapping, ctx: Context) -> Path | None:
+    """bots_source_root as the role resolves it (its default, playbook_dir's parent: the botvps checkout); None
+    when templated otherwise."""
     root = hv.get("bots_source_root")
-    if root is None or root == "{{ playbook_dir | dirname }}":  # the role's default: the checkout
+    if root is None or root == ctx.schema.defaults.get("bots_source_root"):
         return PROJECT_ROOT
     return Path(os.path.expanduser(root)) if isinstance(root, str) and not is_templated(root) else None
 
 
-def _check_bot_source(host: str, field: str, source: Any, hv: Mapping) -> list[Problem]:
+def _check_bot_source(host: str, field: str, source: Any, hv: Mapping, ctx: Context) -> list[Problem]:
     if not isinstance(source, dict):
         return []
-    path, root = source.get("path"), _source_root(hv)
+    path, root = source.get("path"), _source_root(hv, ctx)
     if isinstance(path, str) and path and not is_templated(path) and root is not None and len(source) == 1:
         if not (root / os.path.expanduser(path)).is_dir():
             return [Problem(host, f"{field}.source.path", "is no directory on the controller (a relative path is "
@@ -1162,8 +1168,8 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
             where = f"botvps_secrets.{name}.{var}"
             if var not in entry or entry[var] in (None, ""):
                 problems.append(Problem(host, where, f"bot {name!r} lists secret {var} but the vault has no "
-                                        "value for it", f"add it: .venv/bin/invoke secrets.set {name} {var} "
-                                        f"--inventory INVENTORY (or remove {var} from the bot's secrets)"))
+                                        "value for it", f"add it: .venv/bin/{_secrets_set(name, var)} "
+                                        f"(or remove {var} from the bot's secrets)"))
                 continue
             value = entry[var]
             if is_templated(value):
@@ -1183,18 +1189,26 @@ def check_bot_secrets(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     return problems
 
 
-def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
-    """Every string in botvps_secrets must come from the vault (a SecretStr), not a plain vars file."""
+def _secret_values(hv: Mapping) -> Iterable[tuple[str, str, Any]]:
+    """(bot, variable, value) for every value in botvps_secrets."""
     vault = hv.get("botvps_secrets")
-    problems = []
     for name, entry in (vault.items() if isinstance(vault, dict) else []):
         for var, value in (entry.items() if isinstance(entry, dict) else []):
-            if isinstance(value, str) and not isinstance(value, SecretStr) and not is_templated(value):
-                command = (f"invoke secrets.set {name} {var} --inventory INVENTORY" if BOT_NAME_RE.match(name)
-                           and ENV_NAME_RE.match(str(var)) else "invoke secrets.set BOT NAME --inventory INVENTORY")
-                problems.append(Problem(host, f"botvps_secrets.{name}.{var}", "is in plaintext in the inventory "
-                                        "(not in the vault)", f"delete it there and store it with {command}"))
-    return problems
+            yield str(name), str(var), value
+
+
+def _secrets_set(name: str, var: str) -> str:
+    """The command that stores bot ``name``'s secret ``var`` in the vault (placeholders for names it refuses)."""
+    valid = BOT_NAME_RE.match(name) and ENV_NAME_RE.match(var)
+    return f"invoke secrets.set {name if valid else 'BOT'} {var if valid else 'NAME'} --inventory INVENTORY"
+
+
+def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """Every string in botvps_secrets must come from the vault (a SecretStr), not a plain vars file."""
+    return [Problem(host, f"botvps_secrets.{name}.{var}", "is in plaintext in the inventory (not in the vault)",
+                    f"delete it there and store it with {_secrets_set(name, var)}")
+            for name, var, value in _secret_values(hv)
+            if isinstance(value, str) and not isinstance(value, SecretStr) and not is_templated(value)]
 
 
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
@@ -1370,15 +1384,10 @@ def check_example_vault(hosts: Mapping[str, Mapping], vault_password_file: str |
                                 "vault's password (examples/vault-password.example), which anyone can read",
                                 MAKE_YOUR_OWN_VAULT))
     examples = _example_values()
-    for host, hv in hosts.items():
-        vault = hv.get("botvps_secrets")
-        for name, entry in (vault.items() if isinstance(vault, dict) else []):
-            for var, value in (entry.items() if isinstance(entry, dict) else []):
-                if isinstance(value, str) and value in examples:
-                    problems.append(Problem(host, f"botvps_secrets.{name}.{var}", "is the example vault's "
-                                            "placeholder, not a key of yours", f"store your key with invoke "
-                                            f"secrets.set {name} {var} --inventory INVENTORY"))
-    return problems
+    return problems + [Problem(host, f"botvps_secrets.{name}.{var}", "is the example vault's placeholder, not a key "
+                               f"of yours", f"store your key with {_secrets_set(name, var)}")
+                       for host, hv in hosts.items() for name, var, value in _secret_values(hv)
+                       if isinstance(value, str) and value in examples]
 
 
 def check(inventory: str | os.PathLike, vault_password_file: str | None = None, reach: bool = True,
