@@ -1,4 +1,4 @@
-"""Reproducible rebuilds, end to end: back up server A's two bots, destroy A, rebuild on a fresh server B.
+"""Reproducible rebuilds, end to end: back up server A's two bots, lose A, rebuild on a fresh server B.
 
 Server A is the lab VM of tests/vm/conftest.py (in CI: molecule's debian12 VM, after tests/host and
 the drift drills; this module runs last because it destroys it). Real state is planted first, as
@@ -7,7 +7,8 @@ SQLite database in WAL mode that a writer keeps inserting into during the backup
 ``state_sqlite``, so it is copied online and never stopped). Then, as an operator would:
 
     invoke bots.backup --inventory INV_A --out BACKUPS ...
-    (A is destroyed)
+    (A is gone: its VM goes back to the snapshot of its first boot, before anything was
+     provisioned, and is server B; without that snapshot A is destroyed and B is a new VM)
     invoke rebuild --host B --inventory INV_B --restore-from BACKUPS/A ...
 
 and on B: drift clean, every backed-up file byte-identical (sha256 read through the guest agent,
@@ -42,6 +43,7 @@ from .vmlab import Lab, log, write_inventory
 pytestmark = [pytest.mark.vm]
 
 NEW_VM = os.environ.get("BOTVPS_REBUILD_VM", "test-rebuild")  # "test-": `invoke test` stops a leftover
+BOOTED = "booted"  # the snapshot molecule's create saves (molecule/shared/create.yml), as tests/host's conftest names it
 CREATE_DB = """\
 import sqlite3, time
 db = sqlite3.connect("trades.db")
@@ -190,18 +192,26 @@ def test_no_secret_in_the_backup_or_its_output(lab, backed_up):
 
 @pytest.fixture(scope="module")
 def rebuilt(lab: Lab, backed_up: dict):
+    """Server A is gone; B is a fresh server. With A's snapshot of its first boot (molecule's VM: saved before
+    anything was provisioned, botvps.vm.machine.up), B is A's VM restored to it: a server as the provider hands it
+    over, in seconds instead of a new VM's boot. Else a new VM is booted."""
     assert backed_up["code"] == 0, "no backup to rebuild from"
-    machine.down(lab.vm.name)  # server A is gone
     started = time.monotonic()
+    fresh = lab.vm if BOOTED in lab.vm.snapshots() else None
     try:
-        vm = machine.up(NEW_VM, suite="bookworm", user="root", forwards=(8080, 2222), log=log)
+        if fresh:
+            log(f"rebuild: {fresh.name} restored to {BOOTED!r} (server A is gone) in {fresh.restore(BOOTED):.1f} s")
+            vm = fresh
+        else:
+            machine.down(lab.vm.name)  # server A is gone
+            vm = machine.up(NEW_VM, suite="bookworm", user="root", forwards=(8080, 2222), log=log)
         boot = time.monotonic() - started
         inv = write_inventory(vm, lab.tmp / "inventory-new")
         report = lab.tmp / "rebuild.json"
-        code, output, seconds = invoke("rebuild", "--host", NEW_VM, "--inventory", str(inv), "--vault-password-file",
+        code, output, seconds = invoke("rebuild", "--host", vm.name, "--inventory", str(inv), "--vault-password-file",
                                        str(lab.password_file), "--restore-from", str(backed_up["out"] / lab.vm.name),
                                        "--report", str(report))
-        log(f"rebuild: boot of {NEW_VM} {boot:.0f} s, invoke rebuild exit {code} in {seconds:.0f} s")
+        log(f"rebuild: {vm.name} ready in {boot:.0f} s, invoke rebuild exit {code} in {seconds:.0f} s")
 
         def console(command: str) -> str:
             result = vm.console().run(command)
@@ -211,7 +221,8 @@ def rebuilt(lab: Lab, backed_up: dict):
         yield {"vm": vm, "inventory": inv, "code": code, "output": output, "seconds": seconds, "boot": boot,
                "report": json.loads(report.read_text()) if report.exists() else {}, "console": console}
     finally:
-        machine.down(NEW_VM)
+        if not fresh:
+            machine.down(NEW_VM)
 
 
 def test_rebuild_succeeds(rebuilt):
@@ -261,7 +272,7 @@ def test_rebuild_prints_the_new_address_and_the_whitelist_steps(rebuilt):
     output = rebuilt["output"]
     assert "new static IPv4: 10.0.2.15" in output
     assert "beta (binance, the key in BINANCE_KEY): Binance: Account > API Management" in output
-    assert f"invoke audit-keys --host {NEW_VM} --bot beta" in output
+    assert f"invoke audit-keys --host {rebuilt['vm'].name} --bot beta" in output
     assert "alpha: no exchange key" in output
 
 
@@ -277,7 +288,7 @@ def test_a_corrupted_backup_is_refused_before_anything_changes(lab, rebuilt, bac
     data[len(data) // 2] ^= 0xFF
     (damaged / "alpha.tar.gz").write_bytes(bytes(data))
     before = state_listing(rebuilt["console"], "alpha")
-    code, output, seconds = invoke("rebuild", "--host", NEW_VM, "--inventory", str(rebuilt["inventory"]),
+    code, output, seconds = invoke("rebuild", "--host", rebuilt["vm"].name, "--inventory", str(rebuilt["inventory"]),
                                    "--vault-password-file", str(lab.password_file), "--restore-from", str(damaged))
     assert code == 2
     assert f"{damaged / 'alpha.tar.gz'}: sha256" in output and "Nothing was changed" in output
