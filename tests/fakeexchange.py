@@ -58,6 +58,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -465,6 +466,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], fake: FakeExchange) -> None:
         self.fake = fake
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _RequestHandler)
 
 
@@ -482,6 +485,7 @@ class FakeExchange:
         self._counters: dict[str, _Counter] = {}
         self._nonces: dict[str, int] = {}
         self.requests: list[tuple[str, str, str | None, int]] = []  # method, path, key, status
+        self.peers: list[str] = []  # each request's source address, as the socket saw it
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -516,7 +520,8 @@ class FakeExchange:
     @property
     def base_url(self) -> str:
         host = self._address[0]
-        return f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{self.port}"
+        host = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
 
     # -- configuration (in-process; a state file, if given, takes precedence)
     def add_key(self, api_key: str, *, exchange: str, secret: str, **fields: Any) -> None:
@@ -587,6 +592,8 @@ class FakeExchange:
 
     def _handle(self, method: str, path: str, query: str, headers: Mapping[str, str],
                 body: bytes, peer: str) -> Reply:
+        with self._lock:
+            self.peers.append(peer)
         route = ROUTES.get((method, path))
         if route is None:
             return _json_reply(404, {"error": "not found", "path": path})

@@ -329,7 +329,7 @@ def test_bot_egress_is_ipv4_on_declared_ports_only(agent, bots) -> None:
 # ---------------------------------------------------------------- key audit
 
 
-def test_key_audit_timer_is_enabled(agent, bots) -> None:
+def test_key_audit_timer_is_enabled(agent, bots, hostvars) -> None:
     audited = [b for b in bots if b.get("exchange", "none") != "none" and b.get("key_audit", True)]
     if not audited:
         pytest.skip("no bot with a key audit")
@@ -338,6 +338,8 @@ def test_key_audit_timer_is_enabled(agent, bots) -> None:
         assert ok(agent, f"systemctl is-active botvps-keyaudit@{bot['name']}.timer").strip() == "active"
         config = json.loads(ok(agent, f"cat /etc/botvps/{bot['name']}/keyaudit.json"))
         assert config["bot"] == bot["name"] and config["exchange"] == bot["exchange"]
+        # the audit goes out from the address the bots' egress rule lets out (issue 17)
+        assert config["source_ipv4"] == config["static_ipv4"] == hostvars["static_ipv4"]
         assert ok(agent, f"stat -c '%U %a' /usr/local/lib/botvps/keyaudit.py").strip() == "root 755"
 
 

@@ -508,6 +508,38 @@ def test_redirects_are_not_followed(tmp_path: Path) -> None:
     assert hits == ["/v5/user/query-api"]
 
 
+def test_the_audit_goes_out_over_ipv4_only(tmp_path: Path) -> None:
+    """An exchange reached only over IPv6 is not asked: the whitelist holds an IPv4 address."""
+    case = CASES["bybit"]
+    with FakeExchange(host="::1") as fake6:
+        add(fake6, case)
+        result = run_audit(tmp_path, case, make_config(case, fake6.base_url))
+        assert fake6.peers == []
+    assert result.code == 2
+    assert result.report["reasons"] == [
+        "could not reach bybit: connection failed: ::1 has no IPv4 address (keyaudit goes "
+        "out over IPv4 only, the address the exchange whitelists) (3 attempts)"]
+
+
+def test_the_audit_sends_from_source_ipv4(fake: FakeExchange, tmp_path: Path) -> None:
+    """The exchange sees the audit come from the address the bots send from."""
+    case = CASES["okx"]
+    add(fake, case)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url, source_ipv4="127.0.0.2"))
+    assert (result.code, fake.peers) == (0, ["127.0.0.2"]), result.report
+
+
+def test_a_source_ipv4_not_on_the_host_is_named(fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["okx"]
+    add(fake, case)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url, source_ipv4=STATIC_IP,
+                                                   retries=0))
+    assert (result.code, fake.peers) == (2, [])
+    assert result.report["reasons"] == [
+        f"could not reach okx: connection failed: cannot send from {STATIC_IP}: that address "
+        "is not on this host (1 attempt)"]
+
+
 def test_real_fail_still_exits_1_with_allow_unchecked(fake: FakeExchange,
                                                       tmp_path: Path) -> None:
     case = CASES["bybit"]
@@ -602,6 +634,7 @@ def test_env_file_dash_reads_own_environment(fake: FakeExchange, tmp_path: Path)
     ({"surprise": 1}, "surprise"),
     ({"static_ipv4": None}, "static_ipv4"),
     ({"static_ipv4": "300.1.2.3"}, "static_ipv4"),
+    ({"source_ipv4": "2001:db8::7"}, "source_ipv4"),
     ({"timeout": "10"}, "timeout"),
     ({"timeout": 0}, "timeout"),
     ({"retries": -1}, "retries"),

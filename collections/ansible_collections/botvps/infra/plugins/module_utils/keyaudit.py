@@ -18,12 +18,17 @@ CONFIG.json (root-owned, not secret)::
 
     {"bot": "alpha", "exchange": "binance", "key_var": "BINANCE_KEY",
      "secret_var": "BINANCE_SECRET", "passphrase_var": null,
-     "static_ipv4": "203.0.113.7", "base_url": null, "timeout": 10,
-     "retries": 3, "expiry_warn_days": 14}
+     "static_ipv4": "203.0.113.7", "source_ipv4": null, "base_url": null,
+     "timeout": 10, "retries": 3, "expiry_warn_days": 14}
 
 ``bot``, ``exchange``, ``key_var``, ``secret_var`` and ``static_ipv4`` are
 required; the rest default to the values above (``passphrase_var`` is required
 for okx).  ``retries`` is the number of retries after the first attempt.
+
+The audit goes out over IPv4 only (the key's whitelist holds the server's IPv4
+address; on a dual-stack host an IPv6 connection would be refused by the
+exchange), and from ``source_ipv4`` when it is set: the address the bots send
+from, so that the exchange sees what it sees from the bots.
 
 SECRETS.env is a systemd EnvironmentFile; ``--env-file -`` reads the variables
 from this process' own environment instead.
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import email.utils
 import hashlib
@@ -53,6 +59,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import sys
 import time
 import types
@@ -257,8 +264,8 @@ EXCHANGE_NAMES = ("binance", "bybit", "okx", "kraken", "coinbase")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REQUIRED = ("bot", "exchange", "key_var", "secret_var", "static_ipv4")
 _DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
-    "passphrase_var": None, "base_url": None, "timeout": 10, "retries": 3,
-    "expiry_warn_days": 14,
+    "passphrase_var": None, "source_ipv4": None, "base_url": None, "timeout": 10,
+    "retries": 3, "expiry_warn_days": 14,
 })
 
 
@@ -270,6 +277,7 @@ class Config:
     secret_var: str
     passphrase_var: str | None
     static_ipv4: str
+    source_ipv4: str | None
     base_url: str | None
     timeout: float
     retries: int
@@ -301,6 +309,13 @@ def _check_number(raw: Mapping[str, Any], name: str, *, integer: bool, minimum: 
         kind = "an integer" if integer else "a number"
         raise _field_error(name, f"must be {kind} >= {minimum:g}")
     return value
+
+
+def _check_ipv4(raw: Mapping[str, Any], name: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(_check_str(raw, name)))
+    except ipaddress.AddressValueError:
+        raise _field_error(name, "must be an IPv4 address") from None
 
 
 def _check_base_url(raw: Mapping[str, Any]) -> str | None:
@@ -335,10 +350,8 @@ def parse_config(raw: Any) -> Config:
         if merged["passphrase_var"] is None:
             raise _field_error("passphrase_var", "is required for okx")
         passphrase_var = _check_env_name(merged, "passphrase_var")
-    try:
-        static_ip = str(ipaddress.IPv4Address(_check_str(merged, "static_ipv4")))
-    except ipaddress.AddressValueError:
-        raise _field_error("static_ipv4", "must be an IPv4 address") from None
+    static_ip = _check_ipv4(merged, "static_ipv4")
+    source_ip = None if merged["source_ipv4"] is None else _check_ipv4(merged, "source_ipv4")
     return Config(
         bot=_check_str(merged, "bot"),
         exchange=exchange,
@@ -346,6 +359,7 @@ def parse_config(raw: Any) -> Config:
         secret_var=_check_env_name(merged, "secret_var"),
         passphrase_var=passphrase_var,
         static_ipv4=static_ip,
+        source_ipv4=source_ip,
         base_url=_check_base_url(merged),
         timeout=float(_check_number(merged, "timeout", integer=False, minimum=0.001)),
         retries=_check_number(merged, "retries", integer=True, minimum=0),
@@ -436,6 +450,7 @@ class HttpRequest:
     url: str
     headers: Mapping[str, str] = field(repr=False)
     body: bytes | None = field(default=None, repr=False)
+    source_ipv4: str | None = None  # send from this address (None: the kernel's choice)
 
 
 @dataclass(frozen=True)
@@ -455,11 +470,65 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+def ipv4_connection(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,
+                    source_address: tuple[str, int] | None = None) -> socket.socket:
+    """socket.create_connection, over IPv4 only (the whitelist is IPv4)."""
+    host, port = address
+    try:
+        candidates = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise OSError(f"{host} has no IPv4 address (keyaudit goes out over IPv4 only, "
+                      "the address the exchange whitelists)") from None
+    problem: OSError = OSError(f"{host} has no IPv4 address")
+    for family, kind, proto, _, sockaddr in candidates:
+        sock = socket.socket(family, kind, proto)
+        try:
+            if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                sock.settimeout(timeout)
+            if source_address:
+                try:
+                    sock.bind(source_address)
+                except OSError:
+                    raise OSError(f"cannot send from {source_address[0]}: that address is "
+                                  "not on this host") from None
+            sock.connect(sockaddr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            problem = exc
+    raise problem
+
+
+def _ipv4_handlers(source_ipv4: str | None) -> list[urllib.request.BaseHandler]:
+    """urllib handlers whose connections go out over IPv4, from source_ipv4 if set."""
+    source = (source_ipv4, 0) if source_ipv4 else None
+
+    class HTTP(http.client.HTTPConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, source_address=source, **kwargs)
+            self._create_connection = ipv4_connection
+
+    class HTTPS(http.client.HTTPSConnection):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, source_address=source, **kwargs)
+            self._create_connection = ipv4_connection  # TLS is wrapped on top, host name intact
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(HTTP, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req: urllib.request.Request) -> Any:
+            return self.do_open(HTTPS, req, context=self._context)
+
+    return [HTTPHandler(), HTTPSHandler()]
+
+
 def urllib_send(request: HttpRequest, timeout: float) -> HttpResponse:
     """Send one request; any status is a response, network trouble is transient."""
     headers = {"User-Agent": USER_AGENT, **request.headers}  # urllib's own is one CDNs' bot checks refuse
     req = urllib.request.Request(request.url, data=request.body, headers=headers, method=request.method)
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = urllib.request.build_opener(_NoRedirect, *_ipv4_handlers(request.source_ipv4))
     try:
         with opener.open(req, timeout=timeout) as resp:
             return HttpResponse(resp.status, _lower(resp.headers.items()), resp.read())
@@ -1224,9 +1293,11 @@ def audit(config: Config, creds: Credentials, *, send: Sender = urllib_send,
     """Ask the exchange about the key; raises CheckError if it cannot tell."""
     exchange = EXCHANGES[config.exchange](creds)
     base_url = config.base_url or exchange.default_base_url
-    response = send_with_retries(lambda: exchange.build_request(base_url, clock()),
-                                 send=send, timeout=config.timeout, retries=config.retries,
-                                 sleep=sleep, label=config.exchange)
+    response = send_with_retries(
+        lambda: dataclasses.replace(exchange.build_request(base_url, clock()),
+                                    source_ipv4=config.source_ipv4),
+        send=send, timeout=config.timeout, retries=config.retries, sleep=sleep,
+        label=config.exchange)
     payload = exchange.check_response(response, clock())
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
     ctx = Context(config.static_ipv4, config.expiry_warn_days, now)
