@@ -276,6 +276,20 @@ def test_a_kraken_reply_with_warnings_only_is_judged(fake: FakeExchange, tmp_pat
     assert (result.code, result.report["status"]) == (0, "pass"), result.report
 
 
+@pytest.mark.parametrize("market, flag", [("margin", "enableMargin"), ("futures", "enableFutures")])
+def test_a_binance_key_that_may_trade_undeclared_markets_is_warned_about(
+        market: str, flag: str, fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["binance"]
+    add(fake, case, override={flag: True})
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "warn"), result.report
+    assert result.report["reasons"] == [
+        f"{market} trading enabled ({flag}) but the bot does not declare it: turn it off for "
+        f"this key at Binance, or add {market} to the bot's trades"]
+    declared = run_audit(tmp_path, case, make_config(case, fake.base_url, trades=["spot", market]))
+    assert (declared.code, declared.report["status"]) == (0, "pass"), declared.report
+
+
 def test_bybit_transfer_permissions_fail(fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES["bybit"]
     add(fake, case, internal_transfer=True)
@@ -645,6 +659,8 @@ def test_env_file_dash_reads_own_environment(fake: FakeExchange, tmp_path: Path)
     ({"base_url": "http://127.0.0.1:1/api"}, "base_url"),
     ({"passphrase_var": None}, "passphrase_var"),
     ({"expiry_warn_days": 1.5}, "expiry_warn_days"),
+    ({"trades": ["spot", "options"]}, "trades"),
+    ({"trades": "futures"}, "trades"),
 ])
 def test_config_errors_name_the_field(change: dict[str, Any], field: str,
                                       tmp_path: Path) -> None:

@@ -371,6 +371,8 @@ CASES = [
          "must be true or false", "key_audit: true"),
     Case("type-bot-signal", bot("web1", kill_signal="SIGKILL"), "web1", "bots.alpha.kill_signal",
          "is not one of SIGTERM, SIGINT", "use one of SIGTERM, SIGINT"),
+    Case("type-bot-list-choice", bot("web1", trades=["spot", "options"]), "web1", "bots.alpha.trades[1]",
+         "is not one of spot, margin, futures", "use one of spot, margin, futures"),
     Case("bot-env-not-string", bot("web1", environment={"WORKERS": 4}), "web1", "bots.alpha.environment.WORKERS",
          "must be a string", 'quote it: WORKERS: "..."'),
     Case("bot-missing-command", drop_bot_key("web2", "command"), "web2", "bots.beta.command", "is missing",

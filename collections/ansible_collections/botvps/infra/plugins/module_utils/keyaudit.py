@@ -19,7 +19,7 @@ CONFIG.json (root-owned, not secret)::
     {"bot": "alpha", "exchange": "binance", "key_var": "BINANCE_KEY",
      "secret_var": "BINANCE_SECRET", "passphrase_var": null,
      "static_ipv4": "203.0.113.7", "source_ipv4": null, "base_url": null,
-     "timeout": 10, "retries": 3, "expiry_warn_days": 14}
+     "timeout": 10, "retries": 3, "expiry_warn_days": 14, "trades": ["spot"]}
 
 ``bot``, ``exchange``, ``key_var``, ``secret_var`` and ``static_ipv4`` are
 required; the rest default to the values above (``passphrase_var`` is required
@@ -28,7 +28,9 @@ for okx).  ``retries`` is the number of retries after the first attempt.
 The audit goes out over IPv4 only (the key's whitelist holds the server's IPv4
 address; on a dual-stack host an IPv6 connection would be refused by the
 exchange), and from ``source_ipv4`` when it is set: the address the bots send
-from, so that the exchange sees what it sees from the bots.
+from, so that the exchange sees what it sees from the bots.  ``trades`` lists
+what the bot trades (spot, margin, futures): a Binance key that may also trade
+what is not listed gets a WARN.
 
 SECRETS.env is a systemd EnvironmentFile; ``--env-file -`` reads the variables
 from this process' own environment instead.
@@ -265,8 +267,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REQUIRED = ("bot", "exchange", "key_var", "secret_var", "static_ipv4")
 _DEFAULTS: Mapping[str, Any] = types.MappingProxyType({
     "passphrase_var": None, "source_ipv4": None, "base_url": None, "timeout": 10,
-    "retries": 3, "expiry_warn_days": 14,
+    "retries": 3, "expiry_warn_days": 14, "trades": ("spot",),
 })
+MARKETS = ("spot", "margin", "futures")
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,7 @@ class Config:
     timeout: float
     retries: int
     expiry_warn_days: int
+    trades: tuple[str, ...] = ("spot",)
 
 
 def _field_error(name: str, problem: str) -> ConfigError:
@@ -316,6 +320,13 @@ def _check_ipv4(raw: Mapping[str, Any], name: str) -> str:
         return str(ipaddress.IPv4Address(_check_str(raw, name)))
     except ipaddress.AddressValueError:
         raise _field_error(name, "must be an IPv4 address") from None
+
+
+def _check_trades(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    value = raw["trades"]
+    if not isinstance(value, (list, tuple)) or not all(item in MARKETS for item in value):
+        raise _field_error("trades", f"must be a list of {', '.join(MARKETS)}")
+    return tuple(value)
 
 
 def _check_base_url(raw: Mapping[str, Any]) -> str | None:
@@ -364,6 +375,7 @@ def parse_config(raw: Any) -> Config:
         timeout=float(_check_number(merged, "timeout", integer=False, minimum=0.001)),
         retries=_check_number(merged, "retries", integer=True, minimum=0),
         expiry_warn_days=_check_number(merged, "expiry_warn_days", integer=True, minimum=0),
+        trades=_check_trades(merged),
     )
 
 
@@ -905,6 +917,7 @@ class Context:
     static_ipv4: str
     expiry_warn_days: int
     now: dt.datetime
+    trades: tuple[str, ...] = ("spot",)
 
 
 class Exchange:
@@ -1041,6 +1054,11 @@ class Binance(Exchange):
                     if _require(payload, name, bool, self.name)]
         if not _require(payload, "ipRestrict", bool, self.name):
             findings.append(Finding(FAIL, "no IP restriction (key works from any IP)"))
+        for market, flag in (("margin", "enableMargin"), ("futures", "enableFutures")):
+            if payload.get(flag) is True and market not in ctx.trades:
+                findings.append(Finding(WARN, f"{market} trading enabled ({flag}) but the bot "
+                                        f"does not declare it: turn it off for this key at "
+                                        f"Binance, or add {market} to the bot's trades"))
         expiry = _parse_timestamp(payload.get("tradingAuthorityExpirationTime"))
         return findings + expiry_findings(expiry, ctx.now, ctx.expiry_warn_days,
                                           "spot trading permission")
@@ -1300,7 +1318,7 @@ def audit(config: Config, creds: Credentials, *, send: Sender = urllib_send,
         label=config.exchange)
     payload = exchange.check_response(response, clock())
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
-    ctx = Context(config.static_ipv4, config.expiry_warn_days, now)
+    ctx = Context(config.static_ipv4, config.expiry_warn_days, now, config.trades)
     return summarize(exchange.evaluate(payload, ctx))
 
 
