@@ -5,12 +5,16 @@ It serves the five key-introspection endpoints keyaudit uses and checks every
 request the way the exchange does (signature, timestamp window, passphrase,
 nonce, JWT), answering failures in that exchange's own error format:
 
-    binance  GET  /sapi/v1/account/apiRestrictions   HMAC-SHA256 query signature
-    bybit    GET  /v5/user/query-api                 X-BAPI-* headers
+    binance  GET  /sapi/v1/account/apiRestrictions   HMAC-SHA256, Ed25519 or RSA
+                                                     query signature
+    bybit    GET  /v5/user/query-api                 X-BAPI-* headers (HMAC or RSA)
     okx      GET  /api/v5/account/config             OK-ACCESS-* headers
     kraken   POST /0/private/GetApiKeyInfo           API-Key / API-Sign
-    coinbase GET  /api/v3/brokerage/key_permissions  ES256 JWT (verified with
-                                                     the `cryptography` package)
+    coinbase GET  /api/v3/brokerage/key_permissions  ES256 or EdDSA JWT
+
+A key whose secret is a PEM private key (or, for coinbase, base64 of an Ed25519
+key) is checked against its public key with the `cryptography` package, as the
+exchange checks the public key it was given.
 
 In-process use (tests)::
 
@@ -68,7 +72,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 KEY_DEFAULTS: Mapping[str, Any] = {
     "exchange": None, "secret": None, "passphrase": None,
@@ -139,6 +143,53 @@ def _ip_allowed(client_ip: str | None, ips: list[str]) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- asymmetric keys
+
+def _private_key(secret: str) -> Any:
+    """The key behind a secret: a PEM private key, or base64 of Ed25519's seed || public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if "-----BEGIN " in secret:
+        return serialization.load_pem_private_key(secret.encode(), password=None)
+    return ed25519.Ed25519PrivateKey.from_private_bytes(base64.b64decode(secret)[:32])
+
+
+def _signature_valid(secret: str, message: bytes, signature: bytes) -> bool:
+    """Verify with the public key: Ed25519, RSASSA-PKCS1-v1_5 SHA-256, or ECDSA P-256 as r || s."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    public = _private_key(secret).public_key()
+    try:
+        if isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, message)
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(public, ec.EllipticCurvePublicKey) and len(signature) == 64:
+            der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
+                                       int.from_bytes(signature[32:], "big"))
+            public.verify(der, message, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _is_hmac(secret: str) -> bool:
+    return "-----BEGIN " not in secret
+
+
+def _b64_decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        return b""
+
+
 # ---------------------------------------------------------------- binance
 
 def _binance_key(req: Request) -> str | None:
@@ -166,8 +217,12 @@ def binance(req: Request, key: str | None, state: dict[str, Any] | None, fake: F
     if not (timestamp < server_ms + 1000 and server_ms - timestamp <= recv_window):
         return _binance_error(400, -1021, "Timestamp for this request is outside of the "
                                           "recvWindow.")
-    expected = hmac.new(state["secret"].encode(), unsigned.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, signature.lower()):
+    if _is_hmac(state["secret"]):
+        expected = hmac.new(state["secret"].encode(), unsigned.encode(), hashlib.sha256).hexdigest()
+        valid = hmac.compare_digest(expected, signature.lower())
+    else:  # Ed25519 / RSA keys: base64, URL-encoded
+        valid = _signature_valid(state["secret"], unsigned.encode(), _b64_decode(unquote(signature)))
+    if not valid:
         return _binance_error(400, -1022, "Signature for this request is not valid.")
     result = {
         "ipRestrict": bool(state["ips"]), "createTime": 1623840271000,
@@ -207,8 +262,13 @@ def bybit(req: Request, key: str | None, state: dict[str, Any] | None, fake: Fak
                                    f"server_timestamp[{server_ms}],recv_window[{recv_window}]",
                             {}, req.now)
     origin = timestamp + key + recv_window + req.query
-    expected = hmac.new(state["secret"].encode(), origin.encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, req.headers.get("x-bapi-sign", "")):
+    if _is_hmac(state["secret"]):
+        expected = hmac.new(state["secret"].encode(), origin.encode(), hashlib.sha256).hexdigest()
+        valid = hmac.compare_digest(expected, req.headers.get("x-bapi-sign", ""))
+    else:  # RSA keys: base64
+        valid = _signature_valid(state["secret"], origin.encode(),
+                                 _b64_decode(req.headers.get("x-bapi-sign", "")))
+    if not valid:
         return _bybit_reply(10004, f"error sign! origin_string[{origin}]", {}, req.now)
     if not _ip_allowed(req.client_ip, state["ips"]):
         return _bybit_reply(10010, "Unmatched IP, please check your API key's bound IP "
@@ -362,32 +422,11 @@ def _coinbase_key(req: Request) -> str | None:
     return kid if isinstance(kid, str) else None
 
 
-def _es256_valid(pem: str, signing_input: str, signature: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
-    if len(signature) != 64:
-        return False
-    private = serialization.load_pem_private_key(pem.encode(), password=None)
-    if not isinstance(private, ec.EllipticCurvePrivateKey):
-        return False
-    public = private.public_key()
-    der = encode_dss_signature(int.from_bytes(signature[:32], "big"),
-                               int.from_bytes(signature[32:], "big"))
-    try:
-        public.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        return False
-    return True
-
-
 def _coinbase_claims_ok(req: Request, key: str, head: dict[str, Any],
                         claims: dict[str, Any]) -> bool:
     expected_uri = f"{req.method} {req.headers.get('host', '')}{req.path}"
     nbf, exp = claims.get("nbf"), claims.get("exp")
-    return (head.get("alg") == "ES256" and isinstance(head.get("nonce"), str)
+    return (head.get("alg") in ("ES256", "EdDSA") and isinstance(head.get("nonce"), str)
             and bool(head["nonce"]) and claims.get("iss") == "cdp"
             and claims.get("sub") == key and claims.get("uri") == expected_uri
             and isinstance(nbf, int) and isinstance(exp, int)
@@ -403,7 +442,11 @@ def coinbase(req: Request, key: str | None, state: dict[str, Any] | None, fake: 
     head, claims, signing_input, signature = jwt
     if not _coinbase_claims_ok(req, key, head, claims):
         return unauthorized
-    if not _es256_valid(state["secret"], signing_input, signature):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    ed25519_key = isinstance(_private_key(state["secret"]), ed25519.Ed25519PrivateKey)
+    if head["alg"] != ("EdDSA" if ed25519_key else "ES256") or not _signature_valid(
+            state["secret"], signing_input.encode(), signature):
         return unauthorized
     if not _ip_allowed(req.client_ip, state["ips"]):
         return unauthorized

@@ -343,6 +343,24 @@ def test_key_audit_timer_is_enabled(agent, bots, hostvars) -> None:
         assert ok(agent, f"stat -c '%U %a' /usr/local/lib/botvps/keyaudit.py").strip() == "root 755"
 
 
+SIGN_EVERY_KEY_TYPE = (
+    "from cryptography.hazmat.primitives import hashes; "
+    "from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa; "
+    "ed25519.Ed25519PrivateKey.generate().sign(b'm'); "
+    "rsa.generate_private_key(public_exponent=65537, key_size=2048).sign(b'm', padding.PKCS1v15(), hashes.SHA256()); "
+    "ec.generate_private_key(ec.SECP256R1()).sign(b'm', ec.ECDSA(hashes.SHA256())); print('signed')")
+
+
+def test_keyaudit_signs_private_keys_inside_its_sandbox(agent, bots) -> None:
+    """Debian's python3-cryptography signs Ed25519, RSA and ECDSA under the audit's W^X and syscall filter."""
+    if not [b for b in bots if b.get("exchange", "none") != "none"]:
+        pytest.skip("no bot on an exchange")
+    sandbox = ("-p MemoryDenyWriteExecute=yes -p SystemCallFilter=@system-service "
+               "-p 'SystemCallFilter=~@privileged @resources' -p NoNewPrivileges=yes")
+    out = ok(agent, f'systemd-run --quiet --wait --pipe {sandbox} /usr/bin/python3 -c "{SIGN_EVERY_KEY_TYPE}"')
+    assert out.strip() == "signed"
+
+
 def test_bot_does_not_start_with_a_key_that_fails_the_audit(agent, bots, planted, hostvars) -> None:
     """The fake exchange on the controller says the key may withdraw: the bot must not start."""
     candidates = [b for b in bots if b.get("exchange", "none") != "none" and b.get("key_audit", True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ OTHER_IP = "198.51.100.9"
 NASTY = ' $HOME `id` "q" \\back #hash =eq  '
 
 
-def _pem(key: ec.EllipticCurvePrivateKey, fmt: serialization.PrivateFormat) -> str:
+def _pem(key: Any, fmt: serialization.PrivateFormat) -> str:
     return key.private_bytes(serialization.Encoding.PEM, fmt,
                              serialization.NoEncryption()).decode()
 
@@ -606,7 +607,7 @@ def test_coinbase_error_path_hides_pem(fake: FakeExchange, tmp_path: Path) -> No
     result = run_audit(tmp_path, case, make_config(case, fake.base_url), secret=broken)
     assert result.code == 2
     assert result.report["reasons"] == [
-        "the coinbase secret is unusable: unsupported PEM type 'RSA PRIVATE KEY'"]
+        "the coinbase secret is unusable: the PEM RSA PRIVATE KEY cannot be read"]
 
 
 # ------------------------------------------------------------------ output format
@@ -748,69 +749,94 @@ def test_env_file_not_utf8_is_reported_without_content(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ ECDSA / PEM / JWT
 
 
-@pytest.mark.parametrize("message, r, s", [
-    (b"sample", "EFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716",
-     "F7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8"),
-    (b"test", "F1ABB023518351CD71D881567B1EA663ED3EFCF6C5132B354F28D3B0B7D38367",
-     "019F4113742A2B14BD25926B49C649155F267E60D3814B4C0CC84250E46F0083"),
+def _ed25519_cdp(key: ed25519.Ed25519PrivateKey) -> str:
+    """A CDP Ed25519 secret: base64 of the 32-byte seed and the 32-byte public key."""
+    raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                            serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw + public).decode()
+
+
+def _rsa() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+PKCS8, PKCS1 = serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL
+# Each exchange's private-key types (Binance: api_key_types FAQ; Bybit: self-generated RSA keys;
+# Coinbase: CDP's ECDSA PEM or Ed25519 base64), with a key of the same type that is not the one.
+KEY_TYPES = {
+    "binance-ed25519": ("binance", lambda: _pem(ed25519.Ed25519PrivateKey.generate(), PKCS8)),
+    "binance-rsa": ("binance", lambda: _pem(_rsa(), PKCS8)),
+    "bybit-rsa": ("bybit", lambda: _pem(_rsa(), PKCS1)),
+    "coinbase-ed25519": ("coinbase", lambda: _ed25519_cdp(ed25519.Ed25519PrivateKey.generate())),
+    "coinbase-ecdsa-pkcs8": ("coinbase", lambda: _pem(ec.generate_private_key(ec.SECP256R1()), PKCS8)),
+}
+
+
+@pytest.mark.parametrize("kind", list(KEY_TYPES))
+def test_private_key_types_are_signed_as_the_exchange_verifies(kind: str, fake: FakeExchange,
+                                                                tmp_path: Path) -> None:
+    """The fake checks each signature with the public key; a clean key passes, an unsafe one fails."""
+    exchange, make = KEY_TYPES[kind]
+    case = dataclasses.replace(CASES[exchange], secret=make(), wrong_secret=make())
+    add(fake, case)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "warn" if exchange == "coinbase" else "pass"), \
+        result.report
+    fake.update_key(case.key, withdraw=True)
+    assert run_audit(tmp_path, case, make_config(case, fake.base_url)).code == 1
+    fake.update_key(case.key, withdraw=False)
+    wrong = run_audit(tmp_path, case, make_config(case, fake.base_url), secret=case.wrong_secret)
+    assert wrong.code == 2 and wrong.report["reasons"][0].startswith(case.bad_secret_error), wrong.report
+
+
+@pytest.mark.parametrize("exchange, secret, problem", [
+    ("bybit", _pem(ed25519.Ed25519PrivateKey.generate(), PKCS8),
+     "the bybit secret is an ed25519 key; bybit takes rsa keys"),
+    ("binance", _pem(ec.generate_private_key(ec.SECP256R1()), PKCS8),
+     "the binance secret is an p256 key; binance takes ed25519 or rsa keys"),
+    ("coinbase", _pem(ec.generate_private_key(ec.SECP384R1()), PKCS1),
+     "the coinbase secret is an EC secp384r1 key; coinbase takes p256 or ed25519 keys"),
+    ("coinbase", ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, PKCS8, serialization.BestAvailableEncryption(b"pw")).decode(),
+     "the coinbase secret is unusable: encrypted private keys are not supported"),
+    ("coinbase", "just some text", "the coinbase secret is unusable: neither a PEM private key nor an "
+                                   "Ed25519 key (base64)"),
+    ("coinbase", base64.b64encode(b"x" * 32).decode(),
+     "the coinbase secret is unusable: an Ed25519 key is 64 bytes in base64, this is 32"),
 ])
-def test_ecdsa_matches_rfc6979_vectors(message: bytes, r: str, s: str) -> None:
-    # RFC 6979 appendix A.2.5, P-256 with SHA-256.
-    x = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
-    assert keyaudit.ecdsa_p256_sign(x, message) == (int(r, 16), int(s, 16))
-    assert keyaudit.p256_multiply(x) == (
-        0x60FED4BA255A9D31C961EB74C6356D68C049B8923B61FA6CE669622E60F29FB6,
-        0x7903FE1008B8BC99A41AE9E95628BC64F2F1B20C2D7E9F5177A3C294D4462299)
-
-
-@pytest.mark.parametrize("fmt", [serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.PrivateFormat.PKCS8])
-def test_pem_parsing_and_signatures_verify_with_cryptography(
-        fmt: serialization.PrivateFormat) -> None:
-    for _ in range(3):
-        key = ec.generate_private_key(ec.SECP256R1())
-        scalar = keyaudit.parse_ec_private_key_pem(_pem(key, fmt))
-        assert scalar == key.private_numbers().private_value
-        r, s = keyaudit.ecdsa_p256_sign(scalar, b"payload")
-        key.public_key().verify(encode_dss_signature(r, s), b"payload",
-                                ec.ECDSA(hashes.SHA256()))  # raises if invalid
+def test_unusable_private_keys_are_named(exchange: str, secret: str, problem: str,
+                                         tmp_path: Path) -> None:
+    case = dataclasses.replace(CASES[exchange], secret=secret)
+    result = run_audit(tmp_path, case, make_config(case, "http://127.0.0.1:9"))
+    assert (result.code, result.report["reasons"]) == (2, [problem])
 
 
 def test_pem_with_literal_backslash_n_is_accepted() -> None:
-    pem = CASES["coinbase"].secret
-    flattened = pem.replace("\n", "\\n")
-    assert keyaudit.parse_ec_private_key_pem(flattened) == \
-        COINBASE_KEY.private_numbers().private_value
+    flattened = CASES["coinbase"].secret.replace("\n", "\\n")
+    key = keyaudit.coinbase_private_key(flattened)
+    assert key.private_numbers() == COINBASE_KEY.private_numbers()
 
 
-@pytest.mark.parametrize("pem, problem", [
-    (_pem(ec.generate_private_key(ec.SECP384R1()),
-          serialization.PrivateFormat.TraditionalOpenSSL), "not on curve P-256"),
-    (_pem(ec.generate_private_key(ec.SECP384R1()), serialization.PrivateFormat.PKCS8),
-     "not on curve P-256"),
-    (ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"pw")).decode(), "encrypted"),
-    ("just some text", "not a PEM private key"),
-])
-def test_pem_rejections(pem: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
-        keyaudit.parse_ec_private_key_pem(pem)
-
-
-def test_pem_with_mismatched_public_key_is_rejected() -> None:
-    pem = CASES["coinbase"].secret
-    der = base64.b64decode("".join(pem.splitlines()[1:-1]))
-    tampered = der[:7] + bytes([der[7] ^ 1]) + der[8:]  # flip a bit of the private scalar
-    body = base64.b64encode(tampered).decode()
-    with pytest.raises(ValueError, match="does not match"):
-        keyaudit.parse_ec_private_key_pem(
-            f"-----BEGIN EC PRIVATE KEY-----\n{body}\n-----END EC PRIVATE KEY-----\n")
+def test_a_private_key_without_the_cryptography_package_is_named(tmp_path: Path) -> None:
+    """python3 -S has no dist-packages: an HMAC key still works, a PEM key names the package."""
+    for exchange, expected in (("bybit", 0), ("coinbase", 2)):
+        case = CASES[exchange]
+        with FakeExchange() as fake:
+            add(fake, case)
+            args = write_inputs(tmp_path, make_config(case, fake.base_url), env_vars(case))
+            done = subprocess.run(["python3", "-S", str(KEYAUDIT), *args, "--json"], capture_output=True,
+                                  text=True, timeout=30)
+        assert done.returncode == expected, done.stdout + done.stderr
+        assert_no_leak(done.stdout + done.stderr, case)
+        if expected:
+            assert json.loads(done.stdout)["reasons"] == [
+                "the coinbase secret is unusable: a private key needs Python's cryptography package on "
+                "the host (Debian: apt-get install python3-cryptography)"]
 
 
 def test_cdp_jwt_structure() -> None:
-    scalar = COINBASE_KEY.private_numbers().private_value
-    token = keyaudit.build_cdp_jwt("org/k", scalar, "GET api.coinbase.com/x", 1000, nonce="ab")
+    token = keyaudit.build_cdp_jwt("org/k", COINBASE_KEY, "GET api.coinbase.com/x", 1000, nonce="ab")
     head_b64, claims_b64, sig_b64 = token.split(".")
 
     def decode(part: str) -> bytes:
@@ -881,14 +907,20 @@ def test_cli_subprocess_config_error(tmp_path: Path) -> None:
     assert proc.stdout.startswith("keyaudit ? ? key ?: ERROR config field 'timeout'")
 
 
-def test_keyaudit_imports_only_the_standard_library() -> None:
-    tree = ast.parse(KEYAUDIT.read_text())
+def _imports(tree: ast.AST) -> set[str]:
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
-    assert "urllib" in imported and "hmac" in imported
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+    return imported | {node.module.split(".")[0] for node in ast.walk(tree)
+                       if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_keyaudit_imports_only_the_standard_library_but_cryptography_for_private_keys() -> None:
+    tree = ast.parse(KEYAUDIT.read_text())
+    crypto = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "_crypto")
+    outside = _imports(ast.Module(body=[n for n in tree.body if n is not crypto], type_ignores=[]))
+    assert "urllib" in outside and "hmac" in outside
+    assert outside <= set(sys.stdlib_module_names) | {"__future__"}
+    assert _imports(crypto) == {"cryptography"}
 
 
 def test_standalone_fake_rereads_state_file(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ A bot's key must be able to read and trade, must never be able to withdraw or
 move funds out, and must only work from the server's static IP.  This program
 asks the exchange what the key can do and says PASS, WARN, FAIL or ERROR.
 
-It is deliberately a single file that needs nothing but the Python 3 standard
-library: it runs on a bare Debian 12/13 host, as ``python3 keyaudit.py``, and is
-also importable as ``botvps.keyaudit``.
+It is deliberately a single file: HMAC keys need nothing but the Python 3
+standard library, and private keys (Ed25519, RSA, EC) Debian's
+python3-cryptography (38 on bookworm, 43 on trixie), imported only for them.  It
+runs on a Debian 12/13 host as ``python3 keyaudit.py`` and is also importable
+as ``botvps.keyaudit``.
 
 Usage::
 
@@ -688,223 +690,121 @@ def b64url(data: bytes) -> str:
 
 
 # --------------------------------------------------------------------------
-# Signing primitives: ECDSA P-256 (pure Python, for Coinbase ES256 JWTs)
+# Signing primitives: private keys (Debian's python3-cryptography)
 # --------------------------------------------------------------------------
-# Curve constants from SEC 2 / FIPS 186-4 (secp256r1 = prime256v1 = P-256).
-# Deterministic nonces per RFC 6979 section 3.2 with HMAC-SHA256.  This is not
-# constant-time; it signs one short-lived JWT per run on the host that already
-# holds the key, which is an acceptable exposure for this tool.
+# Ed25519 (Binance, Coinbase), RSA (Binance, Bybit) and EC P-256 (Coinbase)
+# keys are read and used with the cryptography package, imported only when a
+# key needs it: HMAC keys need nothing beyond the standard library.
 
-P256_P = 0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF
-P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-P256_G = (0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296,
-          0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5)
-
-_Jacobian = tuple[int, int, int]
-_INFINITY: _Jacobian = (0, 1, 0)
+_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
-def _jacobian_double(pt: _Jacobian) -> _Jacobian:
-    x, y, z = pt
-    if z == 0 or y == 0:
-        return _INFINITY
-    p = P256_P
-    delta, gamma = z * z % p, y * y % p
-    beta = x * gamma % p
-    alpha = 3 * (x - delta) * (x + delta) % p  # a = -3
-    x3 = (alpha * alpha - 8 * beta) % p
-    z3 = ((y + z) ** 2 - gamma - delta) % p
-    y3 = (alpha * (4 * beta - x3) - 8 * gamma * gamma) % p
-    return x3, y3, z3
+def _crypto() -> types.SimpleNamespace:
+    try:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    except ImportError:
+        raise ValueError("a private key needs Python's cryptography package on the host "
+                         "(Debian: apt-get install python3-cryptography)") from None
+    return types.SimpleNamespace(hashes=hashes, serialization=serialization, ec=ec,
+                                 ed25519=ed25519, padding=padding, rsa=rsa,
+                                 decode_dss_signature=decode_dss_signature)
 
 
-def _jacobian_add(p1: _Jacobian, p2: _Jacobian) -> _Jacobian:
-    if p1[2] == 0:
-        return p2
-    if p2[2] == 0:
-        return p1
-    p = P256_P
-    x1, y1, z1 = p1
-    x2, y2, z2 = p2
-    z1z1, z2z2 = z1 * z1 % p, z2 * z2 % p
-    u1, u2 = x1 * z2z2 % p, x2 * z1z1 % p
-    s1, s2 = y1 * z2 * z2z2 % p, y2 * z1 * z1z1 % p
-    if u1 == u2:
-        return _jacobian_double(p1) if s1 == s2 else _INFINITY
-    h, r = (u2 - u1) % p, (s2 - s1) % p
-    h2 = h * h % p
-    h3, u1h2 = h * h2 % p, u1 * h2 % p
-    x3 = (r * r - h3 - 2 * u1h2) % p
-    y3 = (r * (u1h2 - x3) - s1 * h3) % p
-    return x3, y3, h * z1 * z2 % p
+def is_pem(text: str) -> bool:
+    return "-----BEGIN " in text
 
 
-def p256_multiply(scalar: int, point: tuple[int, int] = P256_G) -> tuple[int, int]:
-    """scalar * point in affine coordinates (Montgomery ladder)."""
-    r0, r1 = _INFINITY, (point[0], point[1], 1)
-    for bit in bin(scalar)[2:]:
-        if bit == "1":
-            r0, r1 = _jacobian_add(r0, r1), _jacobian_double(r1)
-        else:
-            r1, r0 = _jacobian_add(r0, r1), _jacobian_double(r0)
-    x, y, z = r0
-    if z == 0:
-        raise ValueError("point at infinity")
-    z_inv = pow(z, -1, P256_P)
-    return x * z_inv * z_inv % P256_P, y * z_inv ** 3 % P256_P
-
-
-def _rfc6979_k(private_key: int, digest: bytes) -> int:
-    """RFC 6979 section 3.2 for qlen = hlen = 256 (SHA-256)."""
-    x = private_key.to_bytes(32, "big")
-    h = (int.from_bytes(digest, "big") % P256_N).to_bytes(32, "big")  # bits2octets
-    v, k = b"\x01" * 32, b"\x00" * 32
-    k = hmac_digest(k, v + b"\x00" + x + h)
-    v = hmac_digest(k, v)
-    k = hmac_digest(k, v + b"\x01" + x + h)
-    v = hmac_digest(k, v)
-    while True:
-        v = hmac_digest(k, v)
-        candidate = int.from_bytes(v, "big")
-        if 1 <= candidate < P256_N:
-            return candidate
-        k = hmac_digest(k, v + b"\x00")
-        v = hmac_digest(k, v)
-
-
-def ecdsa_p256_sign(private_key: int, message: bytes) -> tuple[int, int]:
-    """ECDSA over SHA-256(message); returns (r, s)."""
-    digest = hashlib.sha256(message).digest()
-    e = int.from_bytes(digest, "big")
-    k = _rfc6979_k(private_key, digest)
-    while True:
-        r = p256_multiply(k)[0] % P256_N
-        s = pow(k, -1, P256_N) * (e + r * private_key) % P256_N
-        if r and s:
-            return r, s
-        k = (k + 1) % P256_N or 1  # practically unreachable
-
-
-# --------------------------------------------------------------------------
-# PEM / DER parsing of EC private keys (SEC1 "EC PRIVATE KEY" and PKCS#8)
-# --------------------------------------------------------------------------
-
-_OID_EC_PUBLIC_KEY = bytes.fromhex("2a8648ce3d0201")  # 1.2.840.10045.2.1
-_OID_P256 = bytes.fromhex("2a8648ce3d030107")  # 1.2.840.10045.3.1.7
-_DER_INTEGER, _DER_BIT_STRING, _DER_OCTET_STRING, _DER_OID, _DER_SEQUENCE = (
-    0x02, 0x03, 0x04, 0x06, 0x30)
-
-
-def _der_read(data: bytes, pos: int = 0) -> tuple[int, bytes, int]:
-    """Read one TLV at pos: (tag, value, next position)."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER")
-    tag, length = data[pos], data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        count = length & 0x7F
-        if not 1 <= count <= 4 or pos + count > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos:pos + count], "big")
-        pos += count
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, data[pos:pos + length], pos + length
-
-
-def _der_children(data: bytes) -> list[tuple[int, bytes]]:
-    children, pos = [], 0
-    while pos < len(data):
-        tag, value, pos = _der_read(data, pos)
-        children.append((tag, value))
-    return children
-
-
-def _der_sequence(data: bytes) -> list[tuple[int, bytes]]:
-    tag, value, end = _der_read(data)
-    if tag != _DER_SEQUENCE or end != len(data):
-        raise ValueError("expected a DER SEQUENCE")
-    return _der_children(value)
-
-
-def _parse_sec1(der: bytes) -> int:
-    """RFC 5915 ECPrivateKey -> private scalar (checks curve and public key)."""
-    items = _der_sequence(der)
-    if len(items) < 2 or items[0] != (_DER_INTEGER, b"\x01") or items[1][0] != _DER_OCTET_STRING:
-        raise ValueError("not an RFC 5915 ECPrivateKey")
-    scalar = int.from_bytes(items[1][1], "big")
-    public = None
-    for tag, value in items[2:]:
-        if tag == 0xA0:  # [0] ECParameters: must name P-256
-            oid_tag, oid, _ = _der_read(value)
-            if oid_tag != _DER_OID or oid != _OID_P256:
-                raise ValueError("the key is not on curve P-256")
-        elif tag == 0xA1:  # [1] publicKey BIT STRING: 00 04 X Y
-            bit_tag, bits, _ = _der_read(value)
-            if bit_tag == _DER_BIT_STRING and len(bits) == 66 and bits[:2] == b"\x00\x04":
-                public = (int.from_bytes(bits[2:34], "big"), int.from_bytes(bits[34:], "big"))
-    if not 1 <= scalar < P256_N:
-        raise ValueError("private scalar out of range")
-    if public is not None and p256_multiply(scalar) != public:
-        raise ValueError("public key does not match private key")
-    return scalar
-
-
-def _parse_pkcs8(der: bytes) -> int:
-    """RFC 5208 PrivateKeyInfo wrapping an RFC 5915 ECPrivateKey."""
-    items = _der_sequence(der)
-    if len(items) < 3 or items[0][0] != _DER_INTEGER or items[1][0] != _DER_SEQUENCE:
-        raise ValueError("not a PKCS#8 PrivateKeyInfo")
-    algorithm = _der_children(items[1][1])
-    if not algorithm or algorithm[0] != (_DER_OID, _OID_EC_PUBLIC_KEY):
-        raise ValueError("the PKCS#8 key is not an EC key")
-    if len(algorithm) < 2 or algorithm[1] != (_DER_OID, _OID_P256):
-        raise ValueError("the key is not on curve P-256")
-    if items[2][0] != _DER_OCTET_STRING:
-        raise ValueError("PKCS#8 key has no privateKey")
-    return _parse_sec1(items[2][1])
-
-
-def parse_ec_private_key_pem(text: str) -> int:
-    """Private scalar from a PEM "EC PRIVATE KEY" or "PRIVATE KEY" (P-256 only).
+def load_private_key(text: str) -> Any:
+    """A PEM private key (PKCS#8, SEC1 or PKCS#1; Ed25519, RSA or EC).
 
     Raises ValueError with a message that never contains key material.
     """
     if "\n" not in text and "\\n" in text:  # pasted with literal \n escapes
         text = text.replace("\\n", "\n")
-    match = re.search(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", text, re.S)
+    match = _PEM.search(text)
     if not match:
         raise ValueError("not a PEM private key")
-    label, body = match.group(1), match.group(2)
-    if label == "ENCRYPTED PRIVATE KEY" or "Proc-Type:" in body:
+    if "ENCRYPTED" in match.group(1) or "Proc-Type:" in match.group(2):
         raise ValueError("encrypted private keys are not supported")
+    crypto = _crypto()
     try:
-        der = base64.b64decode("".join(body.split()), validate=True)
+        return crypto.serialization.load_pem_private_key(match.group(0).encode(), password=None)
+    except Exception:  # noqa: BLE001 - its messages are not ours to show
+        raise ValueError(f"the PEM {match.group(1)} cannot be read") from None
+
+
+def key_kind(key: Any) -> str:
+    """ed25519, rsa, p256, or what the key is when it is none of those."""
+    crypto = _crypto()
+    if isinstance(key, crypto.ed25519.Ed25519PrivateKey):
+        return "ed25519"
+    if isinstance(key, crypto.rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, crypto.ec.EllipticCurvePrivateKey):
+        return "p256" if key.curve.name == "secp256r1" else f"EC {key.curve.name}"
+    return type(key).__name__
+
+
+def asymmetric_key(text: str, exchange: str, kinds: Sequence[str]) -> Any:
+    """The exchange secret as a private key of one of ``kinds``; ConfigError otherwise."""
+    try:
+        key = load_private_key(text)
+        kind = key_kind(key)
+    except ValueError as exc:
+        raise ConfigError(f"the {exchange} secret is unusable: {exc}") from None
+    if kind not in kinds:
+        raise ConfigError(f"the {exchange} secret is an {kind} key; {exchange} takes "
+                          f"{' or '.join(kinds)} keys")
+    return key
+
+
+def sign(key: Any, message: bytes) -> bytes:
+    """Ed25519; RSASSA-PKCS1-v1_5 with SHA-256; ECDSA P-256 with SHA-256 as r || s (JWS)."""
+    crypto = _crypto()
+    kind = key_kind(key)
+    if kind == "ed25519":
+        return key.sign(message)
+    if kind == "rsa":
+        return key.sign(message, crypto.padding.PKCS1v15(), crypto.hashes.SHA256())
+    r, s = crypto.decode_dss_signature(key.sign(message, crypto.ec.ECDSA(crypto.hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def coinbase_private_key(secret: str) -> Any:
+    """A CDP key secret: an EC P-256 PEM (ECDSA keys) or base64 of Ed25519's seed || public key."""
+    if is_pem(secret) or "\\n" in secret:
+        return asymmetric_key(secret, "coinbase", ("p256", "ed25519"))
+    try:
+        raw = base64.b64decode(secret.strip(), validate=True)
     except binascii.Error:
-        raise ValueError("PEM body is not valid base64") from None
-    if label == "EC PRIVATE KEY":
-        return _parse_sec1(der)
-    if label == "PRIVATE KEY":
-        return _parse_pkcs8(der)
-    raise ValueError(f"unsupported PEM type '{label}'")
+        raise ConfigError("the coinbase secret is unusable: neither a PEM private key nor "
+                          "an Ed25519 key (base64)") from None
+    if len(raw) != 64:
+        raise ConfigError("the coinbase secret is unusable: an Ed25519 key is 64 bytes in "
+                          f"base64, this is {len(raw)}")
+    try:
+        return _crypto().ed25519.Ed25519PrivateKey.from_private_bytes(raw[:32])
+    except ValueError as exc:
+        raise ConfigError(f"the coinbase secret is unusable: {exc}") from None
 
 
-def build_cdp_jwt(key_name: str, private_key: int, uri: str, now: int,
+def build_cdp_jwt(key_name: str, private_key: Any, uri: str, now: int,
                   nonce: str | None = None) -> str:
-    """A Coinbase Developer Platform ES256 JWT for one REST request.
+    """A Coinbase Developer Platform JWT for one REST request (ES256 or EdDSA).
 
     Per https://docs.cdp.coinbase.com/get-started/authentication/jwt-authentication
-    and coinbase-advanced-py's jwt_generator: header {alg ES256, kid = key name,
-    nonce = random hex, typ JWT}; claims {sub = key name, iss "cdp", nbf = now,
-    exp = now + 120, uri = "GET api.coinbase.com/api/v3/..."}.
+    and coinbase-advanced-py's jwt_generator: header {alg ES256 (EdDSA for an
+    Ed25519 key), kid = key name, nonce = random hex, typ JWT}; claims {sub = key
+    name, iss "cdp", nbf = now, exp = now + 120, uri = "GET api.coinbase.com/..."}.
     """
-    header = {"alg": "ES256", "kid": key_name, "nonce": nonce or secrets.token_hex(),
-              "typ": "JWT"}
+    alg = "EdDSA" if key_kind(private_key) == "ed25519" else "ES256"
+    header = {"alg": alg, "kid": key_name, "nonce": nonce or secrets.token_hex(), "typ": "JWT"}
     claims = {"sub": key_name, "iss": "cdp", "nbf": now, "exp": now + 120, "uri": uri}
     signing_input = ".".join(
         b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims))
-    r, s = ecdsa_p256_sign(private_key, signing_input.encode("ascii"))
-    return signing_input + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    return signing_input + "." + b64url(sign(private_key, signing_input.encode("ascii")))
 
 
 # --------------------------------------------------------------------------
@@ -1015,7 +915,9 @@ class Binance(Exchange):
     Docs: developers.binance.com/docs/wallet/account/api-key-permission and
     .../binance-spot-api-docs/rest-api/endpoint-security-type: HMAC-SHA256 hex
     of the query string (timestamp, recvWindow), appended as the last
-    parameter "signature"; key in the X-MBX-APIKEY header.  The response only
+    parameter "signature"; key in the X-MBX-APIKEY header.  An Ed25519 or RSA
+    key (the secret is its PEM private key; .../faqs/api_key_types) signs the
+    same string, Ed25519 or RSASSA-PKCS1-v1_5 SHA-256, base64, URL-encoded.  The response only
     says whether an IP restriction exists (ipRestrict), not which IPs; a
     restricted key that answers at all is reachable from this host.
     """
@@ -1027,10 +929,18 @@ class Binance(Exchange):
     auth_codes = frozenset({"-1022", "-2008", "-2014", "-2015"})
     skew_codes = frozenset({"-1021"})
 
+    def __init__(self, creds: Credentials) -> None:
+        super().__init__(creds)
+        self._private_key = (asymmetric_key(creds.secret, self.name, ("ed25519", "rsa"))
+                             if is_pem(creds.secret) else None)
+
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         query = urllib.parse.urlencode(
             {"timestamp": _millis(now), "recvWindow": self.recv_window_ms})
-        signature = hmac_digest(self.creds.secret.encode(), query.encode()).hex()
+        if self._private_key is None:
+            signature = hmac_digest(self.creds.secret.encode(), query.encode()).hex()
+        else:
+            signature = urllib.parse.quote(b64(sign(self._private_key, query.encode())), safe="")
         return HttpRequest("GET", f"{base_url}{self.path}?{query}&signature={signature}",
                            {"X-MBX-APIKEY": self.creds.key})
 
@@ -1070,8 +980,10 @@ class Bybit(Exchange):
     Docs: bybit-exchange.github.io/docs/v5/guide (authentication) and
     .../docs/v5/user/apikey-info.  Signature: HMAC-SHA256 hex of
     timestamp + api_key + recv_window + queryString, sent in X-BAPI-SIGN with
-    X-BAPI-API-KEY, X-BAPI-TIMESTAMP and X-BAPI-RECV-WINDOW.  Errors come back
-    as HTTP 200 with a non-zero retCode.
+    X-BAPI-API-KEY, X-BAPI-TIMESTAMP and X-BAPI-RECV-WINDOW; a self-generated
+    RSA key (the secret is its PEM private key) signs the same string with
+    RSASSA-PKCS1-v1_5 SHA-256, base64 (pybit's generate_signature).  Errors
+    come back as HTTP 200 with a non-zero retCode.
     """
 
     name = "bybit"
@@ -1082,10 +994,18 @@ class Bybit(Exchange):
     skew_codes = frozenset({"10002"})
     transfer_permissions = ("AccountTransfer", "SubMemberTransfer", "SubMemberTransferList")
 
+    def __init__(self, creds: Credentials) -> None:
+        super().__init__(creds)
+        self._private_key = (asymmetric_key(creds.secret, self.name, ("rsa",))
+                             if is_pem(creds.secret) else None)
+
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         timestamp, recv_window, query = str(_millis(now)), str(self.recv_window_ms), ""
-        prehash = timestamp + self.creds.key + recv_window + query
-        signature = hmac_digest(self.creds.secret.encode(), prehash.encode()).hex()
+        prehash = (timestamp + self.creds.key + recv_window + query).encode()
+        if self._private_key is None:
+            signature = hmac_digest(self.creds.secret.encode(), prehash).hex()
+        else:
+            signature = b64(sign(self._private_key, prehash))
         headers = {"X-BAPI-API-KEY": self.creds.key, "X-BAPI-TIMESTAMP": timestamp,
                    "X-BAPI-RECV-WINDOW": recv_window, "X-BAPI-SIGN": signature,
                    "X-BAPI-SIGN-TYPE": "2"}
@@ -1244,8 +1164,9 @@ class Coinbase(Exchange):
     """GET /api/v3/brokerage/key_permissions (Advanced Trade "Get API Key Permissions").
 
     Docs: docs.cdp.coinbase.com/api-reference/advanced-trade-api/rest-api/
-    data-api/get-api-key-permissions; authenticated with a CDP ES256 JWT in
-    "Authorization: Bearer" (see build_cdp_jwt).  The response has can_view,
+    data-api/get-api-key-permissions; authenticated with a CDP JWT (ES256 for
+    an ECDSA key, EdDSA for an Ed25519 one) in "Authorization: Bearer" (see
+    build_cdp_jwt).  The response has can_view,
     can_trade, can_transfer, portfolio_uuid, portfolio_type; it says nothing
     about IP allowlists.  A bad JWT gets HTTP 401 "Unauthorized".
     """
@@ -1256,10 +1177,7 @@ class Coinbase(Exchange):
 
     def __init__(self, creds: Credentials) -> None:
         super().__init__(creds)
-        try:
-            self._private_key = parse_ec_private_key_pem(creds.secret)
-        except ValueError as exc:
-            raise ConfigError(f"the coinbase secret is unusable: {exc}") from None
+        self._private_key = coinbase_private_key(creds.secret)
 
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         host = urllib.parse.urlsplit(base_url).netloc
