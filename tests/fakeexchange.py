@@ -40,7 +40,7 @@ Per-key fields (see KEY_DEFAULTS): exchange, secret, passphrase (okx),
 withdraw, internal_transfer, universal_transfer, ips ([] = unrestricted),
 expires_at (unix seconds or null), fail_5xx (the first N requests get HTTP
 503), slow + delay (the first N requests are answered only after `delay`
-seconds), min_nonce (kraken), main_account (bybit's isMaster, okx's uid == mainUid), blocked (an HTTP status, 403 or 451: the
+seconds), min_nonce (kraken), main_account (bybit's isMaster, okx's uid == mainUid, coinbase's DEFAULT portfolio), blocked (an HTTP status, 403 or 451: the
 exchange's CDN refuses this server's location with an HTML page), override (dict merged into the result object), warnings (kraken: "W..." entries
 in the reply's error list, beside a result).
 fail_5xx/slow count from the moment the key's settings last changed.
@@ -453,7 +453,7 @@ def coinbase(req: Request, key: str | None, state: dict[str, Any] | None, fake: 
     result = {"can_view": True, "can_trade": True,
               "can_transfer": bool(state["withdraw"] or state["internal_transfer"]),
               "portfolio_uuid": "8f2c1c9e-52e8-4d8b-9c36-0d3c0d0b6f3a",
-              "portfolio_type": "DEFAULT"}
+              "portfolio_type": "DEFAULT" if state["main_account"] else "CONSUMER"}
     return _json_reply(200, {**result, **state["override"]})
 
 

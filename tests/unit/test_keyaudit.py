@@ -261,6 +261,16 @@ def test_the_audit_sends_a_user_agent_of_its_own(fake: FakeExchange, tmp_path: P
     assert (result.code, result.report["status"]) == (0, "pass"), result.report
 
 
+def test_a_coinbase_key_on_the_default_portfolio_is_warned_about(fake: FakeExchange, tmp_path: Path) -> None:
+    case = CASES["coinbase"]
+    add(fake, case, main_account=True)
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url))
+    assert (result.code, result.report["status"]) == (0, "warn"), result.report
+    assert result.report["reasons"][1:] == [
+        "the key trades the default portfolio: trade from a portfolio holding only the bot's funds (a key "
+        "made for it), so a leaked key cannot reach the rest"]
+
+
 @pytest.mark.parametrize("name", ["bybit", "okx"])
 def test_a_main_account_key_is_warned_about(name: str, fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES[name]

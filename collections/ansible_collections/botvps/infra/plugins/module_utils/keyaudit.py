@@ -1167,8 +1167,8 @@ class Coinbase(Exchange):
     data-api/get-api-key-permissions; authenticated with a CDP JWT (ES256 for
     an ECDSA key, EdDSA for an Ed25519 one) in "Authorization: Bearer" (see
     build_cdp_jwt).  The response has can_view,
-    can_trade, can_transfer, portfolio_uuid, portfolio_type; it says nothing
-    about IP allowlists.  A bad JWT gets HTTP 401 "Unauthorized".
+    can_trade, can_transfer, portfolio_uuid, portfolio_type (DEFAULT: the
+    account's primary portfolio, WARN); it says nothing about IP allowlists.  A bad JWT gets HTTP 401 "Unauthorized".
     """
 
     name = "coinbase"
@@ -1197,6 +1197,10 @@ class Coinbase(Exchange):
             findings.append(Finding(FAIL, "transfers enabled (can_transfer)"))
         findings.append(Finding(WARN, "IP restriction cannot be checked via the Coinbase API; "
                                       "check the key's IP allowlist in the CDP portal"))
+        if payload.get("portfolio_type") == "DEFAULT":  # the account's primary portfolio
+            findings.append(Finding(WARN, "the key trades the default portfolio: trade from a portfolio "
+                                          "holding only the bot's funds (a key made for it), so a leaked "
+                                          "key cannot reach the rest"))
         return findings
 
 
