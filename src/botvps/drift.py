@@ -603,8 +603,8 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
         checks.extend(BOT_CHECKS)
     for unit in sorted(units - declared_units):
         report.add("bot-services", f"{unit} is on the host but not in the inventory")
-    sandbox = expect.get("bots_sandbox") or {}
     for name in bots:
+        sandbox = (expect.get("bots_sandbox") or {}).get(name) or {}
         unit = f"botvps-bot-{name}.service"
         data = (facts.get("bots") or {}).get(name) or {}
         show = data.get("show") or {}

@@ -81,6 +81,7 @@ BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "stop_command": {"type": "list", "elements": "str"},
     "key_audit": {"type": "bool", "default": True},
     "key_audit_fail_open": {"type": "bool", "default": False},
+    "sandbox_profile": {"type": "str", "choices": ["default", "jit"], "default": "default"},
     "trades": {"type": "list", "elements": "str", "choices": ["spot", "margin", "futures"], "default": ["spot"]},
     "exchange_base_url": {"type": "str"},
     "state_sqlite": {"type": "list", "elements": "str", "default": []},

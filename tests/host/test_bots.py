@@ -34,6 +34,8 @@ pytestmark = pytest.mark.skipif(not VM_NAME, reason="BOTVPS_VM_NAME is not set: 
 
 CONTROLLER_FROM_GUEST = "10.0.2.2"  # QEMU user networking: the controller's loopback
 MAX_EXPOSURE = 2.0
+# The jit profile gives up MemoryDenyWriteExecute, one of systemd-analyze's weighted settings.
+MAX_EXPOSURE_BY_PROFILE = {"default": MAX_EXPOSURE, "jit": MAX_EXPOSURE + 0.5}
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -260,11 +262,26 @@ def test_no_secret_in_the_journal(agent, planted) -> None:
 
 
 def test_systemd_analyze_security_score(agent, bots) -> None:
+    """Each bot's unit scores within its sandbox profile's bound (BOTVPS_SCORES_FILE: where to note the scores)."""
     for bot in bots:
+        profile = bot.get("sandbox_profile", "default")
         out = ok(agent, f"systemd-analyze security --no-pager {unit(bot)}")
         match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", out)
         assert match, out[-500:]
-        assert float(match.group(1)) <= MAX_EXPOSURE, f"{unit(bot)} scores {match.group(1)}:\n{out}"
+        if os.environ.get("BOTVPS_SCORES_FILE"):
+            with open(os.environ["BOTVPS_SCORES_FILE"], "a", encoding="utf-8") as scores:
+                print(os.environ.get("BOTVPS_VM_NAME", "?"), unit(bot), profile, match.group(1), file=scores)
+        assert float(match.group(1)) <= MAX_EXPOSURE_BY_PROFILE[profile], f"{unit(bot)} scores {match.group(1)}:\n{out}"
+
+
+def test_each_bot_has_its_sandbox_profile_and_no_core_dumps(agent, bots) -> None:
+    """jit gives up MemoryDenyWriteExecute and nothing else; every bot has LimitCORE=0."""
+    for bot in bots:
+        shown = ok(agent, f"systemctl show -p MemoryDenyWriteExecute -p LimitCORE -p NoNewPrivileges {unit(bot)}")
+        props = dict(line.split("=", 1) for line in shown.split())
+        jit = bot.get("sandbox_profile", "default") == "jit"
+        assert props == {"MemoryDenyWriteExecute": "no" if jit else "yes", "LimitCORE": "0",
+                         "NoNewPrivileges": "yes"}, f"{unit(bot)}: {props}"
 
 
 def is_simplebot(bot: dict[str, Any]) -> bool:

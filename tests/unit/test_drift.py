@@ -31,7 +31,7 @@ def ok(out: str = "") -> dict:
 def expect(**overrides) -> dict:
     base = {"host": "vps1", "admin_user": "ops", "admin_keys": [ADMIN_KEY], "static_ipv4": "203.0.113.10",
             "ssh_enabled": True, "ssh_port": 22, "ssh_remove_weak_host_keys": True, "firewall_enabled": True,
-            "firewall_allowed_ports": [], "bots": ["alpha"], "bots_sandbox": SANDBOX, "timesync_enabled": True}
+            "firewall_allowed_ports": [], "bots": ["alpha"], "bots_sandbox": {"alpha": SANDBOX}, "timesync_enabled": True}
     return {**base, **overrides}
 
 
