@@ -358,6 +358,9 @@ def test_key_audit_timer_is_enabled(agent, bots, hostvars) -> None:
         # the audit goes out from the address the bots' egress rule lets out (issue 17)
         assert config["source_ipv4"] == config["static_ipv4"] == hostvars["static_ipv4"]
         assert ok(agent, f"stat -c '%U %a' /usr/local/lib/botvps/keyaudit.py").strip() == "root 755"
+        # the check before each start runs as the bot, sandboxed, not as root (no "+": flags=privileged)
+        pre = ok(agent, f"systemctl show -p ExecStartPreEx -p User {unit(bot)}")
+        assert "keyaudit.py" in pre and "privileged" not in pre and f"User=bot-{bot['name']}" in pre, pre
 
 
 SIGN_EVERY_KEY_TYPE = (
