@@ -287,7 +287,7 @@ class Config:
     timeout: float
     retries: int
     expiry_warn_days: int
-    trades: tuple[str, ...] = ("spot",)
+    trades: tuple[str, ...]
 
 
 def _field_error(name: str, problem: str) -> ConfigError:
@@ -817,7 +817,7 @@ class Context:
     static_ipv4: str
     expiry_warn_days: int
     now: dt.datetime
-    trades: tuple[str, ...] = ("spot",)
+    trades: tuple[str, ...]
 
 
 class Exchange:
@@ -828,9 +828,18 @@ class Exchange:
     path = ""
     auth_codes: frozenset[str] = frozenset()
     skew_codes: frozenset[str] = frozenset()
+    private_key_kinds: tuple[str, ...] = ()  # besides HMAC secrets: the private keys it takes (PEM)
 
     def __init__(self, creds: Credentials) -> None:
         self.creds = creds
+        self._private_key = (asymmetric_key(creds.secret, self.name, self.private_key_kinds)
+                             if self.private_key_kinds and is_pem(creds.secret) else None)
+
+    def signature(self, message: bytes) -> str:
+        """HMAC-SHA256 hex with an HMAC secret; base64 of the private key's signature otherwise."""
+        if self._private_key is None:
+            return hmac_digest(self.creds.secret.encode(), message).hex()
+        return b64(sign(self._private_key, message))
 
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         raise NotImplementedError
@@ -928,19 +937,12 @@ class Binance(Exchange):
     recv_window_ms = 5000
     auth_codes = frozenset({"-1022", "-2008", "-2014", "-2015"})
     skew_codes = frozenset({"-1021"})
-
-    def __init__(self, creds: Credentials) -> None:
-        super().__init__(creds)
-        self._private_key = (asymmetric_key(creds.secret, self.name, ("ed25519", "rsa"))
-                             if is_pem(creds.secret) else None)
+    private_key_kinds = ("ed25519", "rsa")
 
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         query = urllib.parse.urlencode(
             {"timestamp": _millis(now), "recvWindow": self.recv_window_ms})
-        if self._private_key is None:
-            signature = hmac_digest(self.creds.secret.encode(), query.encode()).hex()
-        else:
-            signature = urllib.parse.quote(b64(sign(self._private_key, query.encode())), safe="")
+        signature = urllib.parse.quote(self.signature(query.encode()), safe="")  # base64 has + / =
         return HttpRequest("GET", f"{base_url}{self.path}?{query}&signature={signature}",
                            {"X-MBX-APIKEY": self.creds.key})
 
@@ -992,20 +994,13 @@ class Bybit(Exchange):
     recv_window_ms = 5000
     auth_codes = frozenset({"10003", "10004", "10005", "10007", "10009", "10010", "33004"})
     skew_codes = frozenset({"10002"})
+    private_key_kinds = ("rsa",)
     transfer_permissions = ("AccountTransfer", "SubMemberTransfer", "SubMemberTransferList")
-
-    def __init__(self, creds: Credentials) -> None:
-        super().__init__(creds)
-        self._private_key = (asymmetric_key(creds.secret, self.name, ("rsa",))
-                             if is_pem(creds.secret) else None)
 
     def build_request(self, base_url: str, now: float) -> HttpRequest:
         timestamp, recv_window, query = str(_millis(now)), str(self.recv_window_ms), ""
         prehash = (timestamp + self.creds.key + recv_window + query).encode()
-        if self._private_key is None:
-            signature = hmac_digest(self.creds.secret.encode(), prehash).hex()
-        else:
-            signature = b64(sign(self._private_key, prehash))
+        signature = self.signature(prehash)
         headers = {"X-BAPI-API-KEY": self.creds.key, "X-BAPI-TIMESTAMP": timestamp,
                    "X-BAPI-RECV-WINDOW": recv_window, "X-BAPI-SIGN": signature,
                    "X-BAPI-SIGN-TYPE": "2"}
