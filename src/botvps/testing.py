@@ -89,9 +89,55 @@ def lint() -> list[tuple[str, int, float]]:
     ]
 
 
-def vm_tier(scenarios: tuple[str, ...] = SCENARIOS) -> list[tuple[str, int, float]]:
+def prebuild_images(scenarios: tuple[str, ...], env: dict[str, str | None]) -> tuple[subprocess.Popen, Path]:
+    """Start building the scenarios' Debian images in the VM tier's home, in the background (one after the other:
+    the unit tier and lint share the 2 cores meanwhile). Its output goes to a file; see :func:`await_images`."""
+    from botvps.vm import image
+
+    suites = [image.ALIASES.get(s, s) for s in scenarios if image.ALIASES.get(s, s) in image.SUITES]
+    log = tempfile.NamedTemporaryFile(prefix="botvps-prebuild.", suffix=".log", delete=False)
+    print(f"images: building {', '.join(suites)} in the background while the unit tier and lint run ({log.name})",
+          flush=True)
+    with log:
+        process = subprocess.Popen([sys.executable, "-m", "botvps.vm", "build", *suites], cwd=PROJECT_ROOT,
+                                   env=runner.environment(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                   start_new_session=True)
+    return process, Path(log.name)
+
+
+def await_images(build: subprocess.Popen, log: Path, started: float) -> None:
+    """Wait for :func:`prebuild_images`. A failed build is not fatal here: molecule's create builds again and
+    fails with the reason in the open."""
+    code = build.wait()
+    waited = time.monotonic() - started
+    if code == 0:
+        print(f"images: ready ({waited:.0f} s after the start of the unit tier)", flush=True)
+    else:
+        tail = log.read_text(errors="replace").strip().splitlines()[-10:]
+        print(f"images: the background build failed (exit {code}); molecule's create tries again:\n  "
+              + "\n  ".join(tail), flush=True)
+    log.unlink(missing_ok=True)
+
+
+def _kill_group(process: subprocess.Popen | None) -> None:
+    """Stop a background job and everything it started (its own session)."""
+    if process is None or process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=30)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def vm_tier(scenarios: tuple[str, ...] = SCENARIOS, env: dict[str, str | None] | None = None
+            ) -> list[tuple[str, int, float]]:
     results = []
-    env = fresh_home()
+    env = env or fresh_home()
     # A killed or hung-up run still stops its VMs (no qemu process outlives `invoke test`).
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -106,11 +152,24 @@ def vm_tier(scenarios: tuple[str, ...] = SCENARIOS) -> list[tuple[str, int, floa
 
 def run(unit_only: bool = False, vm_only: bool = False, scenarios: tuple[str, ...] = SCENARIOS) -> int:
     results: list[tuple[str, int, float]] = []
-    if not vm_only:
-        results.append(unit())
-        results.extend(lint())
-    if not unit_only:
-        results.extend(vm_tier(scenarios))
+    env = None if unit_only else fresh_home()
+    # The images take a minute or two to build, on other resources than the unit tier (the network, dpkg in a
+    # chroot): built meanwhile, the VM tier starts by booting.
+    build, log = prebuild_images(scenarios, env) if env is not None and not vm_only else (None, None)
+    started = time.monotonic()
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        if not vm_only:
+            results.append(unit())
+            results.extend(lint())
+        if build is not None and log is not None:
+            await_images(build, log, started)
+    finally:
+        _kill_group(build)  # interrupted: no build outlives the run
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if env is not None:
+        results.extend(vm_tier(scenarios, env))
     print("\n=== summary")
     for title, code, seconds in results:
         print(f"  {title:24} {'passed' if code == 0 else 'FAILED (exit %d)' % code:20} {seconds:7.0f} s")

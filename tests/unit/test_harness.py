@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import subprocess
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +100,76 @@ vps2                       : ok=3    changed=0    unreachable=1    failed=0    s
     result = runner.PlaybookResult(0, 1.0, recap)
     assert result.changed == 2
     assert "vps2" in runner.summary(result, "provision")
+
+
+# ---------------------------------------------------------------- `invoke test`: images built during the unit tier
+
+
+def _fake_tiers(monkeypatch, tmp_path, events, build_command, unit=None):
+    from botvps import testing
+
+    monkeypatch.setenv("BOTVPS_TEST_HOME", str(tmp_path / "home"))
+
+    def prebuild(scenarios, env):
+        events.append(("prebuild", tuple(scenarios), env["HOME"]))
+        with open(tmp_path / "build.log", "w") as log:
+            return subprocess.Popen(build_command, stdout=log, stderr=log, start_new_session=True), Path(log.name)
+
+    def vm_tier(scenarios, env):
+        events.append(("vm", (tmp_path / "built").exists(), env["HOME"]))
+        return [("molecule", 0, 0.0)]
+
+    monkeypatch.setattr(testing, "prebuild_images", prebuild)
+    monkeypatch.setattr(testing, "unit", unit or (lambda: events.append(("unit", (tmp_path / "built").exists()))
+                                                  or ("unit", 0, 0.0)))
+    monkeypatch.setattr(testing, "lint", lambda: [("lint", 0, 0.0)])
+    monkeypatch.setattr(testing, "vm_tier", vm_tier)
+    return testing
+
+
+def test_images_build_while_the_unit_tier_runs_and_the_vm_tier_waits_for_them(monkeypatch, tmp_path):
+    events: list[tuple] = []
+    built = tmp_path / "built"
+    testing = _fake_tiers(monkeypatch, tmp_path, events, ["sh", "-c", f"sleep 1; touch {built}"])
+    assert testing.run() == 0
+    home = str(tmp_path / "home")
+    assert events == [("prebuild", testing.SCENARIOS, home), ("unit", False), ("vm", True, home)]
+
+
+def test_a_failed_background_build_is_said_and_left_to_molecule(monkeypatch, tmp_path, capsys):
+    events: list[tuple] = []
+    testing = _fake_tiers(monkeypatch, tmp_path, events, ["sh", "-c", "echo 'mmdebstrap: no mirror' >&2; exit 3"])
+    assert testing.run() == 0
+    out = capsys.readouterr().out
+    assert "background build failed (exit 3)" in out and "mmdebstrap: no mirror" in out
+    assert [e[0] for e in events] == ["prebuild", "unit", "vm"]
+    assert not (tmp_path / "build.log").exists()
+
+
+def test_an_interrupted_run_leaves_no_build_behind(monkeypatch, tmp_path):
+    events: list[tuple] = []
+    pidfile = tmp_path / "pid"
+
+    def interrupted():
+        deadline = time.monotonic() + 10
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    testing = _fake_tiers(monkeypatch, tmp_path, events, ["sh", "-c", f"sleep 300 & echo $! > {pidfile}; wait"],
+                          unit=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        testing.run()
+    child = int(pidfile.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert [e[0] for e in events] == ["prebuild"]
+
+
+def test_vm_build_builds_each_suite_named(monkeypatch):
+    from botvps.vm import cli
+
+    built = []
+    monkeypatch.setattr(image, "ensure", lambda suite, log=print: built.append(suite))
+    assert cli.main(["build", "debian12", "trixie"]) == 0
+    assert built == ["debian12", "trixie"]

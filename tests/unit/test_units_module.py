@@ -37,8 +37,11 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                          # is-active: none runs yet; show: the units named in the file "down" have failed
                          f'if [ "$1" = is-active ]; then shift; for u in "$@"; do echo inactive; done; fi\n'
                          f'if [ "$1" = show ]; then for u in "$@"; do case "$u" in *.service)\n'
-                         f'  if grep -qx "$u" {tmp_path}/down 2>/dev/null; then s=failed; else s=active; fi\n'
-                         f'  printf "Id=%s\\nActiveState=%s\\nSubState=x\\n\\n" "$u" "$s";; esac; done; fi\n'
+                         # ("restarting": it crashed and systemd is starting it again, NRestarts=1)
+                         f'  n=0; if grep -qx "$u" {tmp_path}/down 2>/dev/null; then s=failed; else s=active; fi\n'
+                         f'  if grep -qx "$u" {tmp_path}/restarting 2>/dev/null; then s=activating; n=1; fi\n'
+                         f'  printf "Id=%s\\nActiveState=%s\\nSubState=x\\nNRestarts=%s\\n\\n" "$u" "$s" "$n";; esac;'
+                         f' done; fi\n'
                          f'exit 0\n')
     systemctl.chmod(0o755)
     analyze = bin_dir / "systemd-analyze"
@@ -167,6 +170,13 @@ def test_a_start_that_does_not_hold_fails_naming_the_journal(host: Path, run) ->
                  verify=["botvps-bot-alpha.service", "botvps-bot-beta.service"], settle=1)
     assert result.get("failed") and "botvps-bot-beta.service" in result["msg"]
     assert "journalctl -u botvps-bot-beta.service" in result["msg"] and "alpha" not in result["msg"]
+
+
+def test_a_bot_caught_restarting_after_a_crash_has_not_held(host: Path, run) -> None:
+    """A bot that dies at once and restarts faster than the settle time is caught between two starts."""
+    (host / "restarting").write_text("botvps-bot-beta.service\n")
+    result = run(started=["botvps-bot-beta.service"], verify=["botvps-bot-beta.service"], settle=1)
+    assert result.get("failed") and "journalctl -u botvps-bot-beta.service" in result["msg"]
 
 
 def test_without_verify_nothing_is_checked_or_waited_for(host: Path, run) -> None:

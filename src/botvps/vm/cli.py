@@ -1,4 +1,4 @@
-"""Command line for the throwaway VMs: ``botvps-vm up|down|list|ssh|console|save|restore``."""
+"""Command line for the throwaway VMs: ``botvps-vm up|build|down|list|ssh|console|save|restore``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def _ssh(args: argparse.Namespace) -> int:
     return 1  # not reached
 
 
+def _build(args: argparse.Namespace) -> int:
+    """Build the images of these suites now (each only if not cached), so that a later `up` only boots."""
+    from botvps.vm import image
+
+    for suite in args.suites:
+        image.ensure(suite, log=lambda msg: print(msg, file=sys.stderr))
+    return 0
+
+
 def _save(args: argparse.Namespace) -> int:
     print(f"{args.name}: saved {args.tag!r} in {machine.load(args.name).save(args.tag):.1f} s", file=sys.stderr)
     return 0
@@ -89,6 +98,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--snapshot", metavar="TAG", help="save the booted VM (disk and memory) as snapshot TAG")
     up.add_argument("--json", action="store_true")
     up.set_defaults(func=_up)
+    build = sub.add_parser("build", help="build the Debian images now (if not cached), without booting")
+    build.add_argument("suites", nargs="+", metavar="SUITE", help="bookworm|trixie (or debian12|debian13)")
+    build.set_defaults(func=_build)
     save = sub.add_parser("save", help="save a running VM whole (disk and memory) as an internal snapshot")
     save.add_argument("name")
     save.add_argument("tag")

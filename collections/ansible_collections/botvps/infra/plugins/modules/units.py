@@ -164,12 +164,17 @@ def settled(module: AnsibleModule, systemctl: str, units: list[str], seconds: in
     if not units or seconds <= 0 or module.check_mode:
         return []
     time.sleep(seconds)
-    _rc, out, _err = module.run_command([systemctl, "show", "-p", "Id", "-p", "ActiveState", "-p", "SubState", *units])
+    _rc, out, _err = module.run_command([systemctl, "show", "-p", "Id", "-p", "ActiveState", "-p", "SubState",
+                                         "-p", "NRestarts", *units])
     down = []
     for block in out.strip().split("\n\n"):
         state = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        # still in ExecStartPre (a key audit) is fine; failed, stopped, or waiting to restart after a crash is not
-        if state.get("ActiveState") in ("failed", "inactive", "deactivating") or state.get("SubState") == "auto-restart":
+        # Still in ExecStartPre (a key audit) is fine. Failed, stopped, waiting to restart after a crash, or
+        # restarted already since this start (NRestarts counts automatic restarts since the last start we asked
+        # for; a short RestartSec= can put a crashing bot back in "activating" within the settle time) is not.
+        restarts = state.get("NRestarts", "0")
+        if state.get("ActiveState") in ("failed", "inactive", "deactivating") or state.get("SubState") == "auto-restart" \
+                or (restarts.isdigit() and int(restarts) > 0):
             down.append(state.get("Id", "?"))
     return down
 
