@@ -51,7 +51,7 @@ EXIT = {CLEAN: 0, DRIFTED: 1, UNREACHABLE: 2, ERROR: 2}
 CHECKS: dict[str, str] = {
     "settings": "Ansible check mode: a setting provisioning would change",
     "verify": "the verification suite (tests/host)",
-    "ipv4": "primary IPv4 equals static_ipv4",
+    "ipv4": "primary IPv4 equals static_ipv4 (egress_ipv4 on a NAT cloud)",
     "security-updates": "no pending security updates",
     "reboot-required": "no reboot pending",
     "clock": "clock synchronised, small offset",
@@ -474,12 +474,18 @@ def evaluate(expect: dict[str, Any], facts: dict[str, Any], report: HostReport) 
     bots = [b for b in expect.get("bots") or [] if b]
 
     # ipv4
-    static = str(expect.get("static_ipv4") or "")
+    # A host without static_ipv4 on its interface is a NAT cloud's: preflight (in the check-mode play) asks
+    # the world which address it sees, and a wrong answer is a settings item; here only a declared
+    # egress_ipv4 must be the primary address.
+    static, declared = str(expect.get("static_ipv4") or ""), str(expect.get("egress_ipv4") or "").strip()
     primary, addresses = primary_ipv4(facts.get("route", {}).get("out", ""), facts.get("addr", {}).get("out", ""))
-    if static and primary != static:
-        where = "has it too, but not as its primary address" if static in addresses else "does not have it"
-        report.add("ipv4", f"primary IPv4 is {primary or 'none'}, static_ipv4 is {static} (the host {where}; "
-                           f"addresses: {', '.join(addresses) or 'none'}): the exchange would see {primary or 'nothing'}")
+    listed = f"addresses: {', '.join(addresses) or 'none'}"
+    if static and declared and primary != declared:
+        report.add("ipv4", f"primary IPv4 is {primary or 'none'}, egress_ipv4 is {declared} ({listed}): the bots' "
+                           f"packets leave with {primary or 'nothing'}, which the egress rules drop")
+    elif static and not declared and static in addresses and primary != static:
+        report.add("ipv4", f"primary IPv4 is {primary or 'none'}, static_ipv4 is {static} (the host has it too, but "
+                           f"not as its primary address; {listed}): the exchange would see {primary or 'nothing'}")
 
     # security-updates
     apt = facts.get("apt", {})

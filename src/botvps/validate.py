@@ -764,6 +764,29 @@ def check_static_ipv4(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     return []
 
 
+def check_egress_ipv4(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """egress_ipv4 (NAT clouds): an IPv4 address, private allowed; preflight_public_ipv4_url: an http(s) URL."""
+    problems = []
+    value = hv.get("egress_ipv4", "")
+    if isinstance(value, str) and value and not is_templated(value):
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            address = None
+        if address is None or address.version != 4:
+            problems.append(Problem(host, "egress_ipv4", f"{_show(value, ctx)} is not an IPv4 address",
+                                    "set the address the bots' packets leave the server's interface with "
+                                    "(on a NAT cloud its private address, e.g. egress_ipv4: 172.31.5.10), or "
+                                    "remove egress_ipv4 to use the default route's"))
+    url = hv.get("preflight_public_ipv4_url", "")
+    if isinstance(url, str) and url and not is_templated(url):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            problems.append(Problem(host, "preflight_public_ipv4_url", f"{_show(url, ctx)} is not an http(s) URL",
+                                    "give a \"what is my address\" service, e.g. https://api.ipify.org"))
+    return problems
+
+
 def _check_network(host: str, field: str, value: Any, ctx: Context, allow_any: bool = False,
                    allow_address: bool = True) -> list[Problem]:
     if is_templated(value) or not isinstance(value, (str, int)) or isinstance(value, bool):
@@ -1214,7 +1237,7 @@ def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]
 
 
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
-    check_static_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port, check_private_key_file,
+    check_static_ipv4, check_egress_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port, check_private_key_file,
     check_reboot_time, check_admin_user, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
     check_secrets_vaulted,
 )

@@ -545,3 +545,97 @@ def test_a_bot_is_not_restarted_into_a_certain_failure(agent, bots, tmp_path) ->
                              bots=[{**alpha, "command": ["/bin/false"]}, *others])
     said = " ".join(crashing.output.split())
     assert crashing.returncode != 0 and "journalctl -u botvps-bot-alpha.service" in said, crashing.output[-3000:]
+
+
+# ---------------------------------------------------------------- NAT clouds (issue 17)
+
+
+class WhatIsMyAddress:
+    """A loopback stand-in for api.ipify.org: answers ``address`` to every GET and counts them."""
+
+    def __init__(self, address: str) -> None:
+        import http.server
+
+        self.address, self.asked = address, 0
+        stand_in = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                stand_in.asked += 1
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(stand_in.address.encode() + b"\n")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://{CONTROLLER_FROM_GUEST}:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.lab
+@pytest.mark.restore("provisioned")
+@pytest.mark.drills("nat")
+def test_a_nat_cloud_host_sends_from_its_private_address(agent, bots, planted, tmp_path) -> None:
+    """static_ipv4 is not on the interface and the world (a stand-in on 10.0.2.2) sees it: the provision passes,
+    the egress rules let the bots out from the default route's address, and the audit, sent from it as the bot,
+    passes at an exchange that sees static_ipv4. When the world sees another address, the provision is refused
+    before anything changes, naming the clouds' fix, and every bot runs on."""
+    from conftest import lab_provision
+
+    from botvps.vm import machine
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fakeexchange import FakeExchange
+
+    audited = [b for b in bots if b.get("exchange", "none") != "none" and b.get("key_audit", True)
+               and str(b.get("exchange_base_url") or "").startswith(f"http://{CONTROLLER_FROM_GUEST}:")]
+    if not audited:
+        pytest.skip(f"no audited bot with exchange_base_url on http://{CONTROLLER_FROM_GUEST}:PORT (the fake exchange)")
+    bot, vm = audited[0], machine.load(VM_NAME)
+    nat_ip, private = "198.51.100.7", ok(agent, "ip -o -4 route get 10.0.2.2 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'").strip()
+    assert private and private != nat_ip
+    world = WhatIsMyAddress(nat_ip)
+    port = int(bot["exchange_base_url"].rsplit(":", 1)[1].strip("/"))
+    key, secret = planted[bot["name"]][bot["api_key_var"]], planted[bot["name"]][bot["api_secret_var"]]
+    fake = FakeExchange(port=port, client_ip=nat_ip).start()  # the cloud translates the source to static_ipv4
+    try:
+        fake.add_key(key, exchange=bot["exchange"], secret=secret, ips=[nat_ip])
+        result = lab_provision(vm, tmp_path / "nat", ["--tags", "bots"], static_ipv4=nat_ip,
+                               preflight_public_ipv4_url=world.url)
+        assert result.returncode == 0, result.output[-3000:]
+        assert world.asked >= 1, "preflight did not ask which address the world sees"
+        rules = ok(agent, "nft list table inet botvps_egress")
+        assert f"ip saddr != {private}" in rules and nat_ip not in rules, rules
+        config = json.loads(ok(agent, f"cat /etc/botvps/{bot['name']}/keyaudit.json"))
+        assert (config["static_ipv4"], config["source_ipv4"]) == (nat_ip, private)
+        # The audit before the start goes out as the bot, through its egress chain, and passes.
+        name = unit(bot)
+        since = guest_now(agent)
+        time.sleep(1)
+        attempts = fake.attempts(key)
+        ok(agent, f"systemctl restart {name}")
+        wait_active(agent, name)
+        log = journal_since(agent, name, since)
+        assert fake.attempts(key) > attempts and re.search(r"keyaudit .* PASS", log), log[-1500:]
+
+        # The world sees another address (the Elastic IP was released): refused, nothing changed.
+        before = {b["name"]: wait_active(agent, unit(b)) for b in bots}
+        egress_file = ok(agent, "sha256sum /etc/botvps/egress.nft")
+        world.address = "198.51.100.8"
+        refused = lab_provision(vm, tmp_path / "moved", ["--tags", "bots"], static_ipv4=nat_ip, preflight_public_ipv4_url=world.url)
+        said = " ".join(refused.output.split())
+        assert refused.returncode != 0 and "come from 198.51.100.8, not from static_ipv4 198.51.100.7" in said \
+            and "Elastic IP" in said, refused.output[-3000:]
+        assert refused.changed == 0
+        assert ok(agent, "sha256sum /etc/botvps/egress.nft") == egress_file
+        for name_, pid in before.items():
+            assert wait_active(agent, f"botvps-bot-{name_}.service") == pid, f"{name_} was restarted"
+    finally:
+        world.stop()
+        fake.stop()

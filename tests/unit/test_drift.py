@@ -115,6 +115,17 @@ def test_primary_ipv4_must_be_static_ipv4():
     assert only(evaluate(exp=expect(static_ipv4="")), "ipv4") == []
 
 
+def test_a_nat_cloud_host_is_judged_by_its_egress_address():
+    nat = facts(route=ok('[{"dst":"default","dev":"eth0","prefsrc":"172.31.5.10","metric":100}]'),
+                addr=ok(json.dumps([{"addr_info": [
+                    {"dev": "eth0", "family": "inet", "local": "172.31.5.10", "scope": "global"}]}])))
+    # static_ipv4 is not on the interface: the world check is preflight's (a settings item), not this one.
+    assert only(evaluate(fct=nat), "ipv4") == []
+    assert only(evaluate(exp=expect(egress_ipv4="172.31.5.10"), fct=nat), "ipv4") == []
+    [detail] = only(evaluate(exp=expect(egress_ipv4="172.31.9.9"), fct=nat), "ipv4")
+    assert "primary IPv4 is 172.31.5.10, egress_ipv4 is 172.31.9.9" in detail and "egress rules drop" in detail
+
+
 def test_security_updates_reboot_and_clock():
     apt = ok("Inst libssl3 [3.0.15-1~deb12u1] (3.0.16-1~deb12u1 Debian-Security:12/stable-security [amd64])\n"
              "Inst tzdata [2024a] (2025b Debian:12.11/stable [all])\n"

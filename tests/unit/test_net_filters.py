@@ -67,3 +67,22 @@ def test_hardware_keys():
     assert net.is_hardware_key("sk-ssh-ed25519@openssh.com AAAA x")
     assert net.is_hardware_key("sk-ecdsa-sha2-nistp256@openssh.com AAAA x")
     assert not net.is_hardware_key("ssh-ed25519 AAAA x")
+
+
+@pytest.mark.parametrize(
+    ("static", "declared", "addresses", "default", "egress"),
+    [
+        # The host has static_ipv4: its packets leave with it.
+        ("95.216.10.20", "", ["10.0.0.5", "95.216.10.20"], "10.0.0.5", "95.216.10.20"),
+        # A NAT cloud: the interface has a private address, the default route's is the egress address.
+        ("95.216.10.20", "", ["172.31.5.10"], "172.31.5.10", "172.31.5.10"),
+        # Declared wins (a host with two private addresses).
+        ("95.216.10.20", " 172.31.9.9 ", ["172.31.5.10", "172.31.9.9"], "172.31.5.10", "172.31.9.9"),
+        # No static_ipv4 (a host with no bots): none.
+        ("", "", ["172.31.5.10"], "172.31.5.10", ""),
+        # NAT without a default route: none (preflight refuses it).
+        ("95.216.10.20", "", ["172.31.5.10"], "", ""),
+    ],
+)
+def test_egress_ipv4(static, declared, addresses, default, egress):
+    assert net.egress_ipv4(static, declared, addresses, default) == egress

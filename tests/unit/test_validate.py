@@ -404,6 +404,12 @@ CASES = [
          "set static_ipv4"),
     Case("ip-is-a-secret", hv("web1", static_ipv4=SENTINELS["alpha-key"]), "web1", "static_ipv4",
          "is not an IP address", "public IPv4 address"),
+    Case("egress-not-ipv4", hv("web1", egress_ipv4="2a01:4f9::1"), "web1", "egress_ipv4", "is not an IPv4 address",
+         "egress_ipv4: 172.31.5.10"),
+    Case("egress-garbage", hv("web1", egress_ipv4="eth0"), "web1", "egress_ipv4", "is not an IPv4 address",
+         "default route"),
+    Case("public-ipv4-url", hv("web1", preflight_public_ipv4_url="api.ipify.org"), "web1",
+         "preflight_public_ipv4_url", "is not an http(s) URL", "https://api.ipify.org"),
     # --- CIDRs
     Case("cidr-invalid", gv(firewall_admin_cidrs=["198.51.100.0/33"]), "web1", "firewall_admin_cidrs[0]",
          "is not a valid CIDR", "198.51.100.7/32"),
@@ -583,6 +589,16 @@ def test_lab_allows_a_private_static_ipv4(keys: Keys, tmp_path: Path, password_f
                                           capsys: pytest.CaptureFixture[str]) -> None:
     inv = base_inventory(keys)
     inv["host_vars"]["web1"].update(static_ipv4="10.0.2.15", botvps_lab=True)
+    directory = write_inventory(tmp_path / "inventory", inv)
+    code, output = run_cli([str(directory), "--no-reach", "--vault-password-file", str(password_files["right"])],
+                           capsys)
+    assert code == 0, output
+
+
+def test_a_nat_cloud_host_declares_a_private_egress_ipv4(keys: Keys, tmp_path: Path, password_files: dict[str, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    inv = base_inventory(keys)
+    inv["host_vars"]["web1"].update(egress_ipv4="172.31.5.10", preflight_public_ipv4_url="http://10.0.2.2:8080/ip")
     directory = write_inventory(tmp_path / "inventory", inv)
     code, output = run_cli([str(directory), "--no-reach", "--vault-password-file", str(password_files["right"])],
                            capsys)

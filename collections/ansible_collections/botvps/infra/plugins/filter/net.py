@@ -25,6 +25,22 @@ def ip_in_networks(address: str, networks: list[str]) -> bool:
                ipaddress.ip_network(str(n), strict=False).version == ip.version)
 
 
+def egress_ipv4(static_ipv4: str, declared: str, addresses: list[str], default_ipv4: str) -> str:
+    """The address the bots' packets leave the host's interface with.
+
+    ``declared`` (the host variable egress_ipv4) when set; else ``static_ipv4`` when the host has it on an
+    interface (the exchange sees the address the host sends from); else the source address of the default
+    route (``default_ipv4``): on a NAT cloud (AWS, GCP, Oracle, a DigitalOcean Reserved IP) the interface
+    has a private address and the cloud translates it to static_ipv4 on the way out. '' without static_ipv4.
+    """
+    if str(declared or "").strip():
+        return str(declared).strip()
+    static = str(static_ipv4 or "").strip()
+    if not static:
+        return ""
+    return static if static in [str(a) for a in addresses or []] else str(default_ipv4 or "").strip()
+
+
 def is_open_network(network: str) -> bool:
     """True for 0.0.0.0/0 and ::/0: 'anywhere'."""
     return ipaddress.ip_network(str(network), strict=False).prefixlen == 0
@@ -81,6 +97,7 @@ class FilterModule:
         return {
             "ip_in_networks": ip_in_networks,
             "is_open_network": is_open_network,
+            "egress_ipv4": egress_ipv4,
             "ssh_key_problem": ssh_key_problem,
             "is_hardware_key": is_hardware_key,
             "key_id": key_id,
