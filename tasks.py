@@ -15,6 +15,7 @@ from botvps import provision as provision_module
 from botvps import rebuild as rebuild_module
 from botvps import secrets as secrets_module
 from botvps import testing
+from botvps import tunnel as tunnel_module
 from botvps.report import command as report_command
 from botvps.vm import cli as vm_cli
 
@@ -42,6 +43,15 @@ def provision(c, inventory="inventory", limit=None, vault_password_file=None, pr
 def audit_keys(c, inventory="inventory", host=None, bot=None, vault_password_file=None, json=False):  # noqa: A002
     """Ask each exchange, from the bot's own server, whether its key can withdraw or is not IP-restricted."""
     _exit(audit.run(Path(inventory), host=host, bot=bot, vault_password_file=vault_password_file, as_json=json))
+
+
+@task(help={"bot": "bot name", "host": "the host, when the bot runs on several",
+            "local_port": "port on this machine (default: the bot's ui_port)", "inventory": "inventory directory",
+            "vault_password_file": "file with the vault password"}, positional=["bot"])
+def tunnel(c, bot, host=None, local_port=None, inventory="inventory", vault_password_file=None):
+    """Open an SSH tunnel to a bot's web UI (its ui_port on the server's 127.0.0.1) and print the local URL."""
+    _exit(tunnel_module.run(Path(inventory), bot, host=host, local_port=int(local_port) if local_port else None,
+                            vault_password_file=vault_password_file))
 
 
 @task(help={"bot": "bot name", "name": "environment variable (e.g. BINANCE_KEY)", "inventory": "inventory directory",
@@ -174,4 +184,4 @@ secrets = Collection("secrets")
 secrets.add_task(secrets_set, name="set")
 secrets.add_task(secrets_list, name="list")
 
-ns = Collection(provision, rebuild, demo, test, audit_keys, report, vm, secrets, drift, bots)
+ns = Collection(provision, rebuild, demo, test, audit_keys, report, tunnel, vm, secrets, drift, bots)

@@ -15,11 +15,14 @@ Settings (environment): SIMPLEBOT_KEY_VAR names the variable holding the API key
 (default: the first variable, by name, that ends in "_KEY", e.g. BINANCE_KEY),
 SIMPLEBOT_INTERVAL the seconds between heartbeats (default 5),
 SIMPLEBOT_CANCEL_DELAY the seconds "cancelling" takes (default 2).
+With BOTVPS_UI_PORT (set by botvps for a bot entry with ui_port) it serves a status page on
+BOTVPS_UI_ADDRESS (127.0.0.1) at that port, as a bot's web UI would: reach it with ``invoke tunnel NAME``.
 It never contacts an exchange.
 """
 
 from __future__ import annotations
 
+import http.server
 import json
 import logging
 import os
@@ -44,6 +47,27 @@ def write_state(directory: str, state: dict) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(directory, "state.json"))
+
+
+def serve_ui(address: str, port: int, state: dict) -> http.server.ThreadingHTTPServer:
+    """A status page (the bot's web UI) in a thread: its uid and heartbeats, never its key."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = json.dumps({"bot": "simplebot", "uid": os.getuid(), "heartbeats": state["heartbeats"]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's name
+            log.info("ui: %s", format % args)
+
+    server = http.server.ThreadingHTTPServer((address, port), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    log.info("web UI on %s:%d", address, port)
+    return server
 
 
 def main() -> int:
@@ -76,6 +100,9 @@ def main() -> int:
             state["heartbeats"] = int(json.load(handle).get("heartbeats", 0))
     except (OSError, ValueError):
         pass
+
+    if os.environ.get("BOTVPS_UI_PORT"):
+        serve_ui(os.environ.get("BOTVPS_UI_ADDRESS", "127.0.0.1"), int(os.environ["BOTVPS_UI_PORT"]), state)
 
     while not stop.is_set():
         state["heartbeats"] += 1

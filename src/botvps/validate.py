@@ -76,6 +76,7 @@ BOT_OPTIONS: dict[str, dict[str, Any]] = {
     "api_passphrase_var": {"type": "str"},
     "environment": {"type": "dict", "default": {}},
     "egress_ports": {"type": "list", "elements": "int", "default": [443]},
+    "ui_port": {"type": "int"},
     "kill_signal": {"type": "str", "choices": ["SIGTERM", "SIGINT"], "default": "SIGTERM"},
     "timeout_stop_sec": {"type": "int", "default": 120},
     "stop_command": {"type": "list", "elements": "str"},
@@ -853,6 +854,37 @@ def check_ssh_port(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     return problems
 
 
+def check_ui_ports(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
+    """bots[].ui_port: 1024-65535, one bot per port, never ssh_port, never a port the firewall opens."""
+    problems: list[Problem] = []
+    owner: dict[int, str] = {}
+    ssh_port = _as_int(hv.get("ssh_port", 22))
+    allowed = hv.get("firewall_allowed_ports")
+    opened = {_as_int(item.get("port")) for item in (allowed if isinstance(allowed, list) else [])
+              if isinstance(item, dict) and str(item.get("proto", "tcp")) == "tcp"}
+    for field, bot in _bots(hv):
+        if "ui_port" not in bot or bot.get("ui_port") is None or bot.get("state") == "absent":
+            continue
+        port = _as_int(bot.get("ui_port"))
+        if port is None:
+            continue  # reported by check_value
+        where = f"{field}.ui_port"
+        if not 1024 <= port <= 65535:
+            problems.append(Problem(host, where, f"{port} is not a port from 1024 to 65535",
+                                    "give the port the bot's UI listens on at 127.0.0.1, e.g. ui_port: 8080"))
+        elif port in owner:
+            problems.append(Problem(host, where, f"{port} is also {owner[port]}'s UI port",
+                                    f"give each bot's UI a port of its own, e.g. {max(owner) + 1}"))
+        elif port == ssh_port:
+            problems.append(Problem(host, where, f"{port} is ssh_port", "give the bot's UI another port, e.g. 8080"))
+        elif port in opened:
+            problems.append(Problem(host, where, f"{port} is opened to the internet in firewall_allowed_ports",
+                                    "remove that firewall_allowed_ports entry: a bot's UI is reached over an SSH "
+                                    "tunnel (invoke tunnel BOT), never a public port"))
+        owner.setdefault(port, str(bot.get("name") or field))
+    return problems
+
+
 def check_private_key_file(host: str, hv: Mapping, ctx: Context) -> list[Problem]:
     """ansible_ssh_private_key_file must exist on the controller (else every connection fails after a timeout)."""
     path = hv.get("ansible_ssh_private_key_file", hv.get("ansible_private_key_file"))
@@ -1237,7 +1269,7 @@ def check_secrets_vaulted(host: str, hv: Mapping, ctx: Context) -> list[Problem]
 
 
 SEMANTIC_CHECKS: tuple[Callable[[str, Mapping, Context], list[Problem]], ...] = (
-    check_static_ipv4, check_egress_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ansible_port, check_private_key_file,
+    check_static_ipv4, check_egress_ipv4, check_admin_cidrs, check_other_networks, check_ssh_port, check_ui_ports, check_ansible_port, check_private_key_file,
     check_reboot_time, check_admin_user, check_admin_keys, check_bots_schema, check_bot_fields, check_bot_secrets,
     check_secrets_vaulted,
 )

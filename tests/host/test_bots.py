@@ -343,6 +343,68 @@ def test_bot_egress_is_ipv4_on_declared_ports_only(agent, bots) -> None:
     assert "table ip filter" in tables, "ufw's table is gone"  # ufw (iptables-nft) untouched
 
 
+# ---------------------------------------------------------------- web UIs over SSH
+
+
+@pytest.mark.lab
+def test_a_bot_ui_is_reached_only_through_an_ssh_tunnel(agent, bots, tmp_path, fresh_rate_limit) -> None:
+    """The UI listens on 127.0.0.1 only, the firewall does not open it, another bot cannot connect to it, and
+    `invoke tunnel` brings it to the controller; forwarding anywhere else is refused by sshd."""
+    import subprocess
+    import urllib.request
+
+    import paramiko
+    from conftest import LAB_GROUP_VARS, LAB_VAULT_PASSWORD
+
+    from botvps.paths import PROJECT_ROOT
+    from botvps.vm import inventory, machine
+
+    with_ui = [b for b in bots if b.get("ui_port")]
+    if not with_ui:
+        pytest.skip("no bot declares ui_port")
+    bot, vm = with_ui[0], machine.load(VM_NAME)
+    port, owner = int(bot["ui_port"]), f"bot-{bot['name']}"
+    listening = [line.split()[3] for line in ok(agent, f"ss -Hltn 'sport = :{port}'").splitlines() if line.split()]
+    assert listening == [f"127.0.0.1:{port}"], f"{bot['name']}'s UI listens on {listening}, not on 127.0.0.1 only"
+    assert not re.search(rf"\b{port}\b", ok(agent, "ufw status")), "the firewall opens the UI port"
+    others = [f"bot-{b['name']}" for b in bots if b is not bot]
+    for user in others:
+        assert not connect_as(agent, user, "127.0.0.1", port), f"{user} reaches {bot['name']}'s UI"
+    assert connect_as(agent, "ops", "127.0.0.1", port), "the admin (sshd's forward) cannot reach the UI"
+
+    inv = inventory.write(vm, tmp_path / "inventory", {}, group_vars=LAB_GROUP_VARS)
+    local = machine.free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "invoke"), "tunnel", bot["name"], "--inventory", str(inv),
+         "--vault-password-file", LAB_VAULT_PASSWORD, "--local-port", str(local)],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        line = process.stdout.readline()  # the URL, once the tunnel is up
+        assert f"http://127.0.0.1:{local}/" in line, (line, process.poll(), process.stderr.read() if process.poll()
+                                                      is not None else "")
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=30) as response:
+            page = json.loads(response.read())
+        assert page["bot"] == "simplebot" and str(page["uid"]) == ok(agent, f"id -u {owner}").strip(), page
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the host key is not what this checks
+    client.connect("127.0.0.1", port=vm.ssh_port, username="ops", key_filename=str(vm.key_file), allow_agent=False,
+                   look_for_keys=False, timeout=20, banner_timeout=30, auth_timeout=30)
+    try:
+        transport = client.get_transport()
+        for target in [("127.0.0.1", 22), ("localhost", port), (CONTROLLER_FROM_GUEST, 443)]:
+            with pytest.raises(paramiko.ChannelException):
+                transport.open_channel("direct-tcpip", target, ("127.0.0.1", 40000), timeout=20)
+        with pytest.raises(paramiko.SSHException):
+            transport.request_port_forward("127.0.0.1", 0)  # remote forwarding: off
+        transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 40000), timeout=20).close()
+    finally:
+        client.close()
+
+
 # ---------------------------------------------------------------- key audit
 
 
@@ -460,7 +522,8 @@ def test_a_bot_retired_by_state_absent_is_stopped_and_its_key_deleted(agent, bot
         return result
 
     # No vaulted secret (the lab vault has none for gamma): simplebot takes its "key" from the environment.
-    gamma = {**template, "name": "gamma", "secrets": [],
+    # Not alpha's UI port: one bot per UI port (validation refuses a second).
+    gamma = {**{k: v for k, v in template.items() if k != "ui_port"}, "name": "gamma", "secrets": [],
              "environment": {"SIMPLEBOT_KEY_VAR": "GAMMA_DEMO_ID", "GAMMA_DEMO_ID": "not-an-api-key"}}
     provision_bots(bots=[*bots, gamma])
     wait_active(agent, "botvps-bot-gamma.service")

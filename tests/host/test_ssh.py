@@ -32,9 +32,10 @@ def sshd_t(host) -> dict[str, str]:
         ("allowgroups", "sshusers"),
         ("maxauthtries", "3"),
         ("logingracetime", "20"),
-        ("disableforwarding", "yes"),
-        ("allowtcpforwarding", "no"),
         ("x11forwarding", "no"),
+        ("allowagentforwarding", "no"),
+        ("allowstreamlocalforwarding", "no"),
+        ("gatewayports", "no"),
         ("permittunnel", "no"),
         ("loglevel", "VERBOSE"),
         ("requiredrsasize", "3072"),
@@ -42,6 +43,18 @@ def sshd_t(host) -> dict[str, str]:
 )
 def test_effective_sshd_setting(sshd_t, setting, expected):
     assert sshd_t.get(setting) == expected
+
+
+def test_forwarding_is_local_to_the_bots_ui_ports_only(host, sshd_t):
+    """With a bot's ui_port: local forwarding to 127.0.0.1:PORT only; without one: no forwarding at all."""
+    bots = host.ansible.get_variables().get("bots") or []
+    ports = sorted({int(b["ui_port"]) for b in bots if b.get("ui_port") and b.get("state", "present") != "absent"})
+    if ports:
+        assert (sshd_t["disableforwarding"], sshd_t["allowtcpforwarding"]) == ("no", "local")
+        assert sshd_t["permitopen"].split() == [f"127.0.0.1:{p}" for p in ports]
+        assert sshd_t["permitlisten"] == "none"
+    else:
+        assert (sshd_t["disableforwarding"], sshd_t["allowtcpforwarding"]) == ("yes", "no")
 
 
 def test_cloud_init_dropin_cannot_turn_passwords_back_on(host, sshd_t):

@@ -86,3 +86,10 @@ def test_hardware_keys():
 )
 def test_egress_ipv4(static, declared, addresses, default, egress):
     assert net.egress_ipv4(static, declared, addresses, default) == egress
+
+
+def test_ui_ports_are_the_present_bots_sorted_once():
+    bots = [{"name": "a", "ui_port": 8081}, {"name": "b"}, {"name": "c", "ui_port": "8080"},
+            {"name": "d", "ui_port": 9000, "state": "absent"}, {"name": "e", "ui_port": None}]
+    assert net.ui_ports(bots) == [8080, 8081]
+    assert net.ui_ports(None) == []

@@ -41,6 +41,12 @@ def egress_ipv4(static_ipv4: str, declared: str, addresses: list[str], default_i
     return static if static in [str(a) for a in addresses or []] else str(default_ipv4 or "").strip()
 
 
+def ui_ports(bots: list[dict] | None) -> list[int]:
+    """The web UI ports (ui_port) of the bots that are not retired, sorted: what sshd may forward to (PermitOpen)."""
+    return sorted({int(b["ui_port"]) for b in bots or []
+                   if isinstance(b, dict) and b.get("ui_port") and b.get("state", "present") != "absent"})
+
+
 def is_open_network(network: str) -> bool:
     """True for 0.0.0.0/0 and ::/0: 'anywhere'."""
     return ipaddress.ip_network(str(network), strict=False).prefixlen == 0
@@ -98,6 +104,7 @@ class FilterModule:
             "ip_in_networks": ip_in_networks,
             "is_open_network": is_open_network,
             "egress_ipv4": egress_ipv4,
+            "ui_ports": ui_ports,
             "ssh_key_problem": ssh_key_problem,
             "is_hardware_key": is_hardware_key,
             "key_id": key_id,
