@@ -168,12 +168,18 @@ bots = Collection("bots", bots_backup)
             "restore_from": "backup directory (OUT/HOST/STAMP, or OUT/HOST for its newest)",
             "inventory": "inventory directory", "vault_password_file": "file with the vault password",
             "force_restore": "restore even bots already restored from this backup (their newer state is lost)",
-            "report": "also write a JSON report here"})
+            "report": "also write a JSON report here",
+            "new_key": "this bot's key is new and its old key is revoked at the exchange (repeatable; the fence "
+                       "where the exchange does not show the whitelist: binance, coinbase)",
+            "accept_two_servers_risk": "start the bots unfenced: only when the old server is destroyed at the "
+                                       "provider (if it comes back, two servers trade one account)"},
+      iterable=["new_key"])
 def rebuild(c, host, restore_from=None, inventory="inventory", vault_password_file=None, force_restore=False,
-            report=None):
-    """Provision a replacement server, restore the bots' state, start them, check drift, print the new IP steps."""
+            report=None, new_key=None, accept_two_servers_risk=False):
+    """Provision a replacement server, fence the old one off, restore the bots' state, start them, check drift."""
     _exit(rebuild_module.run(Path(inventory), host, Path(restore_from) if restore_from else None, vault_password_file,
-                             force_restore, Path(report) if report else None))
+                             force_restore, Path(report) if report else None, list(new_key or []),
+                             accept_two_servers_risk))
 
 
 vm = Collection("vm")

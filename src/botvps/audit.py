@@ -31,26 +31,39 @@ def parse(stdout_by_host: dict[str, str]) -> list[dict]:
     return results
 
 
-def run(inventory: Path, host: str | None = None, bot: str | None = None,
-        vault_password_file: str | None = None, as_json: bool = False) -> int:
-    extra = ["-e", f"audit_bot={bot}"] if bot else []
+def collect(inventory: Path, host: str | None = None, bot: str | None = None, vault_password_file: str | None = None,
+            fence: bool = False) -> tuple[list[dict], dict[str, str], str]:
+    """(keyaudit's results, {unreachable or failed host: why}, the raw output when it could not be read at all)."""
+    extra = ["-e", json.dumps({**({"audit_bot": bot} if bot else {}), **({"audit_fence": True} if fence else {})})]
     result = runner.playbook(PLAYBOOK, inventory, provision.ansible_args(host, vault_password_file, extra), echo=False,
                              env={"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"})
     try:
         report = json.loads(result.output[result.output.index("{"):])
         hosts = report["plays"][0]["tasks"][0]["hosts"]
     except (ValueError, KeyError, IndexError):
-        print(result.output[-2000:])
+        return [], {}, result.output[-2000:]
+    unreachable = {h: str(r.get("msg", "")) for h, r in hosts.items() if r.get("unreachable") or r.get("failed")}
+    return parse({h: r.get("stdout", "") for h, r in hosts.items() if h not in unreachable}), unreachable, ""
+
+
+def run(inventory: Path, host: str | None = None, bot: str | None = None,
+        vault_password_file: str | None = None, as_json: bool = False) -> int:
+    results, unreachable, raw = collect(inventory, host, bot, vault_password_file)
+    if raw:
+        print(raw)
         return 2
-    unreachable = [h for h, r in hosts.items() if r.get("unreachable") or r.get("failed")]
-    results = parse({h: r.get("stdout", "") for h, r in hosts.items() if h not in unreachable})
     if as_json:
-        print(json.dumps({"results": results, "unreachable": unreachable}, indent=2))
+        print(json.dumps({"results": results, "unreachable": sorted(unreachable)}, indent=2))
     else:
         for item in results:
-            print(f"{item['host']:20} {item.get('bot', '?'):16} {item.get('exchange', '?'):9} {item.get('key', '?'):9} "
-                  f"{item.get('status', 'error').upper():6} {'; '.join(item.get('reasons', []))}")
-        for host_name in unreachable:
-            print(f"{host_name:20} unreachable or failed: {hosts[host_name].get('msg', '')}")
+            print(line(item))
+        for host_name, why in unreachable.items():
+            print(f"{host_name:20} unreachable or failed: {why}")
     codes = [item["exit"] for item in results] + [2] * len(unreachable)
     return max(codes, default=0)
+
+
+def line(item: dict) -> str:
+    """One result as a table row."""
+    return (f"{item['host']:20} {item.get('bot', '?'):16} {item.get('exchange', '?'):9} {item.get('key', '?'):9} "
+            f"{item.get('status', 'error').upper():6} {'; '.join(item.get('reasons', []))}")

@@ -11,8 +11,12 @@ The steps, each safe to repeat (an interrupted rebuild is simply run again):
 1. validate the inventory and read NEW's bots; load the backup and verify every checksum on the
    controller; plan which bot gets which state (a bot in the backup that NEW does not declare is an
    error, before anything is contacted);
+   and check that a fence holds for every bot with an exchange key (``fences``): until the old server
+   can no longer trade with the key, no bot starts on NEW, or two servers trade one account;
 2. provision NEW with the site playbook and ``bots_start=false``: the bots' units are written and
-   enabled but no bot starts with an empty state;
+   enabled but no bot starts;
+2b. the whitelist fence: where the exchange shows the key's IP whitelist, keyaudit asks it from NEW with
+   ``--fence`` (an entry other than NEW's static IPv4 is a FAIL); any bot not fenced and no bot starts;
 3. restore (``playbooks/restore.yml``): every checksum is verified again on the host before anything
    is written, the bots are stopped, their state directories swapped in (owned by each bot's user)
    and every bot started; a bot already restored from the same backup is left alone;
@@ -32,8 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botvps import audit, drift, provision, runner, validate
 from botvps import backup as backups
-from botvps import drift, provision, runner, validate
 from botvps.paths import PROJECT_ROOT
 from botvps.hostcode import statehost
 
@@ -57,6 +61,62 @@ WHITELIST_STEPS: dict[str, str] = {
     "coinbase": "Coinbase Developer Platform (portal.cdp.coinbase.com): API keys > the key > Edit > IP allowlist: "
                 "replace {old} with {new} > Save (keyaudit cannot read Coinbase's allowlist: check it by eye)",
 }
+
+
+# The exchanges that show botvps a key's IP whitelist (keyaudit reads it): there the fence is that the list holds
+# nothing but the new address. Binance shows only that a key is restricted; Coinbase shows nothing.
+SHOWS_WHITELIST = ("bybit", "okx", "kraken")
+RISK_FLAG = "--accept-two-servers-risk"
+
+
+@dataclass
+class Fences:
+    """Why the old server cannot trade with a bot's key once the bots start on the new one."""
+
+    whitelist: list[str] = field(default_factory=list)  # checked from NEW: the whitelist holds NEW's address only
+    new_key: list[str] = field(default_factory=list)  # the operator confirmed a new key and the old one revoked
+    accepted: list[str] = field(default_factory=list)  # the operator accepted the risk (RISK_FLAG)
+    problems: list[str] = field(default_factory=list)
+
+
+def fences(bots: list[dict], new_ip: str, new_keys: list[str] | None = None, accept_risk: bool = False) -> Fences:
+    """The fence each bot with an exchange key gets, and what stops the rebuild before anything changes."""
+    result, keyed = Fences(), {b["name"]: b for b in bots if str(b.get("exchange", "none")) != "none"}
+    for name in new_keys or []:
+        if name not in keyed:
+            result.problems.append(f"--new-key {name}: the host declares no bot {name} with an exchange key "
+                                   f"(bots with keys: {', '.join(sorted(keyed)) or 'none'})")
+    for name, bot in keyed.items():
+        exchange = str(bot["exchange"])
+        if accept_risk:
+            result.accepted.append(name)
+        elif exchange in SHOWS_WHITELIST:
+            result.whitelist.append(name)
+        elif name in (new_keys or []):
+            result.new_key.append(name)
+        else:
+            var = bot.get("api_key_var") or "THE_KEY_VARIABLE"
+            result.problems.append(
+                f"{name} ({exchange}): {exchange} does not show botvps a key's IP whitelist, so nothing proves that the "
+                f"old server can no longer trade with {name}'s key (a server that does not answer can come back). Make "
+                f"a new key restricted to {new_ip or 'the new static IPv4'}, store it (invoke secrets.set {name} {var}, "
+                f"and its secret), revoke the old key at {exchange}, then run the rebuild again with --new-key {name}. "
+                f"Only if the old server is destroyed at the provider: {RISK_FLAG}")
+    return result
+
+
+def fence_verdict(results: list[dict], unreachable: dict[str, str], bots: list[str]) -> list[str]:
+    """The whitelist-fenced bots whose audit from the new server did not pass (each with why), [] when all hold."""
+    by_bot = {item.get("bot"): item for item in results}
+    open_ = []
+    for name in bots:
+        item = by_bot.get(name)
+        if unreachable or item is None:
+            why = "; ".join(unreachable.values()) or "no audit result"
+            open_.append(f"{name}: could not be checked ({why}): an unchecked key is no fence")
+        elif item.get("exit") != 0:
+            open_.append(f"{name}: {item.get('status', 'error').upper()} {'; '.join(item.get('reasons', []))}")
+    return open_
 
 
 @dataclass
@@ -155,7 +215,8 @@ def _print_restore(output: dict) -> list[str]:
 
 
 def run(inventory: Path, host: str, restore_from: Path | None = None, vault_password_file: str | None = None,
-        force_restore: bool = False, report_file: Path | None = None) -> int:
+        force_restore: bool = False, report_file: Path | None = None, new_keys: list[str] | None = None,
+        accept_risk: bool = False) -> int:
     """`invoke rebuild`: 0 rebuilt (drift clean), 1 a step failed or drift remains, 2 bad input (nothing changed)."""
     started = time.monotonic()
     seconds: dict[str, float] = {}
@@ -204,6 +265,12 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
     old_ip = backup.static_ipv4 if backup else ""
     record.update(new_ipv4=new_ip, old_ipv4=old_ip)
     steps = whitelist_steps(host, new_ip, old_ip, bots)
+    fenced = fences(bots, new_ip, new_keys, accept_risk)
+    record["fences"] = asdict(fenced)
+    if fenced.problems:
+        print("rebuild: no bot may start on the new server while the old one can still trade with its key:\n  "
+              + "\n  ".join(fenced.problems) + "\nNothing was changed.", file=sys.stderr)
+        return finish(2)
     print(f"rebuild: {host} ({hv.get('ansible_host', host)}), static IPv4 {new_ip or '(not set)'}; bots: "
           + (", ".join(f"{n} (restored)" for n in restore_plan.restore)
              + (", " if restore_plan.restore and restore_plan.fresh else "")
@@ -212,14 +279,40 @@ def run(inventory: Path, host: str, restore_from: Path | None = None, vault_pass
         print("rebuild: a bot whose key audit fails does not start: move each key's IP whitelist now if you have not:")
         print("\n".join(steps))
 
-    # 2. Provision; with a backup to restore, no bot is started yet.
+    for name in fenced.new_key:
+        print(f"rebuild: {name}: fenced by a new key (you confirmed the old one is revoked)")
+    if fenced.accepted:
+        print(f"rebuild: {', '.join(fenced.accepted)}: NOT fenced ({RISK_FLAG}): if the old server comes back, two "
+              "servers trade one account")
+
+    # 2. Provision; with a backup to restore or a whitelist to check first, no bot is started yet.
+    hold = bool(backup or fenced.whitelist)
     step = time.monotonic()
     result = provision.provision(inventory, limit=host, vault_password_file=vault_password_file,
-                                 extra=["-e", json.dumps({"bots_start": False})] if backup else [])
+                                 extra=["-e", json.dumps({"bots_start": False})] if hold else [])
     seconds["provision"] = round(time.monotonic() - step, 1)
     if result.returncode != 0:
         print(f"rebuild: provisioning {host} failed (see above); fix it and run the rebuild again", file=sys.stderr)
         return finish(result.returncode if result.returncode == 2 else 1)
+
+    # 2b. The whitelist fence, asked from the new server.
+    if fenced.whitelist:
+        step = time.monotonic()
+        results, unreachable, raw = audit.collect(inventory, host, vault_password_file=vault_password_file, fence=True)
+        seconds["fence"] = round(time.monotonic() - step, 1)
+        open_ = fence_verdict(results, {host: raw} if raw else unreachable, fenced.whitelist)
+        record["fence_open"] = open_
+        if open_:
+            print(f"rebuild: no bot was started on {host}: the old server could still trade with these keys:\n  "
+                  + "\n  ".join(open_) + "\nMove each key's whitelist to the new address only:\n" + "\n".join(steps)
+                  + "\nthen run the rebuild again (it is safe to repeat).", file=sys.stderr)
+            return finish(1)
+        print(f"rebuild: {', '.join(fenced.whitelist)}: fenced (the key's IP whitelist holds only {new_ip})")
+        if not backup:
+            result = provision.provision(inventory, limit=host, vault_password_file=vault_password_file)
+            if result.returncode != 0:
+                print(f"rebuild: starting the bots on {host} failed (see above)", file=sys.stderr)
+                return finish(1)
 
     # 3. Restore and start.
     down: list[str] = []

@@ -354,6 +354,21 @@ def test_allowlist_shapes(ips: list[str], status: str, reasons: list[str],
     assert (result.report["status"], result.report["reasons"]) == (status, reasons)
 
 
+@pytest.mark.parametrize("name", WITH_IP_LIST)
+def test_a_rebuild_fence_fails_a_whitelist_that_still_holds_another_address(name: str, fake: FakeExchange,
+                                                                            tmp_path: Path) -> None:
+    """--fence (invoke rebuild): the extra entry that is a WARN otherwise may be the old server: a FAIL."""
+    case = CASES[name]
+    add(fake, case, ips=[STATIC_IP, OTHER_IP])
+    result = run_audit(tmp_path, case, make_config(case, fake.base_url), "--fence")
+    assert (result.code, result.report["status"]) == (1, "fail")
+    [reason] = result.report["reasons"]
+    assert reason.startswith(f"IP whitelist also allows {OTHER_IP} (rebuild fence") and f"but {STATIC_IP}" in reason
+    assert run_audit(tmp_path, case, make_config(case, fake.base_url)).report["status"] == "warn"  # no fence: WARN
+    fake.update_key(case.key, ips=[STATIC_IP])
+    assert run_audit(tmp_path, case, make_config(case, fake.base_url), "--fence").code == 0
+
+
 @pytest.mark.parametrize("name", ["bybit", "kraken"])
 def test_key_expiry_warns_within_window(name: str, fake: FakeExchange, tmp_path: Path) -> None:
     case = CASES[name]

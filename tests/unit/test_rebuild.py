@@ -105,7 +105,7 @@ def faked(monkeypatch, tmp_path):
 
 def test_rebuild_verifies_then_provisions_held_then_restores_then_checks_drift(faked, tmp_path, capsys):
     out = tmp_path / "report.json"
-    code = rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1", report_file=out)
+    code = rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1", report_file=out, new_keys=["beta"])
     assert code == 0
     assert faked == ["load", "verify ['alpha', 'beta']", 'provision vps2 [\'-e\', \'{"bots_start": false}\']',
                      "restore ['alpha', 'beta']", "drift vps2"]
@@ -131,7 +131,7 @@ def test_an_unknown_host_stops_the_rebuild(faked, capsys):
 def test_a_bot_not_running_after_the_restore_fails_the_rebuild(faked, monkeypatch, tmp_path):
     monkeypatch.setattr(rebuild, "_restore", lambda *a: (
         {"restored": {"alpha": 2}, "kept": [], "units": {"botvps-bot-beta.service": "failed"}}, ""))
-    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups") == 1
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups", new_keys=["beta"]) == 1
 
 
 def test_task_results_and_failures_from_the_json_callback():
@@ -146,8 +146,87 @@ def test_task_results_and_failures_from_the_json_callback():
 
 
 def test_without_a_backup_the_bots_start_with_provisioning(faked):
-    assert rebuild.run(Path("inv"), "vps2", None) == 0
+    assert rebuild.run(Path("inv"), "vps2", None, new_keys=["beta"]) == 0
     assert faked == ["provision vps2 []", "drift vps2"]
+
+
+# ---------------------------------------------------------------- fencing: never two servers trading one account
+
+
+def test_a_key_whose_whitelist_botvps_cannot_read_needs_a_new_key_or_the_risk_flag(faked, tmp_path, capsys):
+    """Binance (and Coinbase) do not show the list: without --new-key or the risk flag nothing is contacted."""
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1") == 2
+    assert faked == ["load", "verify ['alpha', 'beta']"]  # the backup is checked; no host is contacted
+    err = capsys.readouterr().err
+    assert "beta (binance): binance does not show botvps a key's IP whitelist" in err
+    assert "restricted to 198.51.100.7" in err and "invoke secrets.set beta BINANCE_KEY" in err
+    assert "--new-key beta" in err and rebuild.RISK_FLAG in err and "Nothing was changed" in err
+
+
+def test_the_risk_flag_is_a_fence_that_says_what_it_risks(faked, tmp_path, capsys):
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1", accept_risk=True) == 0
+    assert "beta: NOT fenced (--accept-two-servers-risk): if the old server comes back, two servers trade one " \
+           "account" in capsys.readouterr().out
+
+
+def test_new_key_must_name_a_bot_with_a_key():
+    result = rebuild.fences(BOTS, "198.51.100.7", new_keys=["beta", "alpha", "zeta"])
+    assert result.new_key == ["beta"] and result.whitelist == ["gamma"]
+    assert [p.split(":")[0] for p in result.problems] == ["--new-key alpha", "--new-key zeta"]
+
+
+def test_fences_per_exchange():
+    result = rebuild.fences(BOTS + [{"name": "delta", "exchange": "coinbase"}], "198.51.100.7", new_keys=["beta"])
+    assert (result.whitelist, result.new_key, result.accepted) == (["gamma"], ["beta"], [])
+    [problem] = result.problems
+    assert problem.startswith("delta (coinbase):") and "invoke secrets.set delta THE_KEY_VARIABLE" in problem
+    assert rebuild.fences(BOTS, "198.51.100.7", accept_risk=True).accepted == ["beta", "gamma"]
+
+
+@pytest.fixture
+def okx_host(faked, monkeypatch):
+    hosts = {"vps2": {"static_ipv4": "198.51.100.7", "ansible_host": "198.51.100.7", "bots": [BOTS[0], BOTS[2]]}}
+    monkeypatch.setattr(rebuild.validate, "load_inventory", lambda inv, pw=None: hosts)
+    monkeypatch.setattr(rebuild.backups, "verify", lambda b, bots: faked.append(f"verify {bots}") or {})
+    monkeypatch.setattr(rebuild, "plan", lambda manifest, host, bots: rebuild.RestorePlan(host, ["alpha", "gamma"]))
+    answer: dict = {"results": [{"bot": "gamma", "status": "warn", "reasons": [], "exit": 0}], "unreachable": {}}
+
+    def collect(inventory, host, bot=None, vault_password_file=None, fence=False):
+        faked.append(f"audit {host} fence={fence}")
+        return answer["results"], answer["unreachable"], ""
+
+    monkeypatch.setattr(rebuild.audit, "collect", collect)
+    return answer
+
+
+def test_an_old_address_still_in_the_whitelist_keeps_every_bot_stopped(faked, okx_host, tmp_path, capsys):
+    okx_host["results"] = [{"bot": "gamma", "status": "fail", "exit": 1,
+                            "reasons": ["IP whitelist also allows 203.0.113.10 (rebuild fence: ...)"]}]
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1") == 1
+    assert faked == ["load", "verify ['alpha', 'gamma']", 'provision vps2 [\'-e\', \'{"bots_start": false}\']',
+                     "audit vps2 fence=True"]  # provisioned held, fenced, and no restore: no bot started
+    err = capsys.readouterr().err
+    assert "no bot was started on vps2" in err and "gamma: FAIL IP whitelist also allows 203.0.113.10" in err
+    assert "OKX: Profile > API keys" in err and "run the rebuild again" in err
+
+
+def test_an_unchecked_whitelist_is_no_fence(faked, okx_host, tmp_path, capsys):
+    okx_host["results"], okx_host["unreachable"] = [], {"vps2": "timed out"}
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1") == 1
+    assert "gamma: could not be checked (timed out): an unchecked key is no fence" in capsys.readouterr().err
+    assert not any(call.startswith("restore") for call in faked)
+
+
+def test_a_whitelist_of_the_new_address_only_lets_the_bots_start(faked, okx_host, tmp_path, capsys):
+    assert rebuild.run(Path("inv"), "vps2", tmp_path / "backups" / "vps1") == 0
+    assert faked[-3:] == ["audit vps2 fence=True", "restore ['alpha', 'gamma']", "drift vps2"]
+    assert "gamma: fenced (the key's IP whitelist holds only 198.51.100.7)" in capsys.readouterr().out
+
+
+def test_without_a_backup_a_whitelist_fence_holds_the_bots_then_starts_them(faked, okx_host):
+    assert rebuild.run(Path("inv"), "vps2", None) == 0
+    assert faked == ['provision vps2 [\'-e\', \'{"bots_start": false}\']', "audit vps2 fence=True",
+                     "provision vps2 None", "drift vps2"]
 
 
 def test_an_invalid_inventory_stops_the_rebuild(faked, monkeypatch, capsys):

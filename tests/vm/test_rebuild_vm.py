@@ -11,7 +11,11 @@ SQLite database in WAL mode that a writer keeps inserting into during the backup
      provisioned, and is server B; without that snapshot A is destroyed and B is a new VM)
     invoke rebuild --host B --inventory INV_B --restore-from BACKUPS/A ...
 
-and on B: drift clean, every backed-up file byte-identical (sha256 read through the guest agent,
+On B, beta trades on the fake exchange as a Bybit key (Bybit shows its IP whitelist): while the whitelist
+still holds another address (the old server's, as far as botvps knows), the rebuild's fence keeps every bot
+stopped and says why; once it holds B's address only, the rebuild is run again and the bots start.
+
+And on B: drift clean, every backed-up file byte-identical (sha256 read through the guest agent,
 not SSH), owned by its bot, both bots running; no secret in any output. A corrupted copy of the
 backup is refused, naming the file, before anything is contacted.
 
@@ -32,13 +36,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from botvps import backup as backups
 from botvps import rebuild
+from botvps import secrets as vault
 from botvps.paths import PROJECT_ROOT
 from botvps.vm import machine
 
-from .vmlab import Lab, log, write_inventory
+from .vmlab import MOLECULE_SHARED, PASSWORD_FILE, Lab, log, write_inventory
+
+CONTROLLER_FROM_GUEST = "10.0.2.2"
+FAKE_PORT = 18123  # one of beta's egress_ports
+OLD_ADDRESS = "198.51.100.7"  # still in the key's whitelist: to botvps, the old server may be alive
 
 pytestmark = [pytest.mark.vm]
 
@@ -191,7 +201,34 @@ def test_no_secret_in_the_backup_or_its_output(lab, backed_up):
 
 
 @pytest.fixture(scope="module")
-def rebuilt(lab: Lab, backed_up: dict):
+def bybit(lab: Lab):
+    """The fake exchange on the controller (10.0.2.2:18123 from the VM), holding beta's key as a Bybit key whose
+    whitelist holds the new address and OLD_ADDRESS."""
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    from fakeexchange import FakeExchange
+
+    secrets = vault.load_vault(MOLECULE_SHARED / "group_vars" / "all" / "vault.yml",
+                               vault.read_password_file(PASSWORD_FILE))["botvps_secrets"]["beta"]
+    fake = FakeExchange(port=FAKE_PORT, client_ip="10.0.2.15").start()
+    fake.add_key(secrets["BINANCE_KEY"], exchange="bybit", secret=secrets["BINANCE_SECRET"],
+                 ips=["10.0.2.15", OLD_ADDRESS])
+    try:
+        yield fake, secrets["BINANCE_KEY"]
+    finally:
+        fake.stop()
+
+
+def server_b_inventory(vm: machine.VM, directory: Path) -> Path:
+    """Molecule's inventory for B, with beta's key at the fake exchange as a Bybit key."""
+    bots = yaml.safe_load((MOLECULE_SHARED / "group_vars" / "all" / "main.yml").read_text())["bots"]
+    for bot in bots:
+        if bot["name"] == "beta":
+            bot.update(exchange="bybit", exchange_base_url=f"http://{CONTROLLER_FROM_GUEST}:{FAKE_PORT}")
+    return write_inventory(vm, directory, bots=bots)
+
+
+@pytest.fixture(scope="module")
+def rebuilt(lab: Lab, backed_up: dict, bybit):
     """Server A is gone; B is a fresh server. With A's snapshot of its first boot (molecule's VM: saved before
     anything was provisioned, botvps.vm.machine.up), B is A's VM restored to it: a server as the provider hands it
     over, in seconds instead of a new VM's boot. Else a new VM is booted."""
@@ -206,11 +243,19 @@ def rebuilt(lab: Lab, backed_up: dict):
             machine.down(lab.vm.name)  # server A is gone
             vm = machine.up(NEW_VM, suite="bookworm", user="root", forwards=(8080, 2222), log=log)
         boot = time.monotonic() - started
-        inv = write_inventory(vm, lab.tmp / "inventory-new")
+        inv = server_b_inventory(vm, lab.tmp / "inventory-new")
         report = lab.tmp / "rebuild.json"
-        code, output, seconds = invoke("rebuild", "--host", vm.name, "--inventory", str(inv), "--vault-password-file",
-                                       str(lab.password_file), "--restore-from", str(backed_up["out"] / lab.vm.name),
-                                       "--report", str(report))
+        command = ["rebuild", "--host", vm.name, "--inventory", str(inv), "--vault-password-file",
+                   str(lab.password_file), "--restore-from", str(backed_up["out"] / lab.vm.name), "--report", str(report)]
+        # The fence: OLD_ADDRESS is still in the whitelist: provisioned, and no bot started.
+        held_code, held_output, held_seconds = invoke(*command)
+        held = {bot: vm.console().run(f"systemctl is-active botvps-bot-{bot}.service").stdout.strip()
+                for bot in ("alpha", "beta")}
+        log(f"rebuild: fenced run exit {held_code} in {held_seconds:.0f} s, bots {held}")
+        fake, key = bybit
+        fake.update_key(key, ips=["10.0.2.15"])  # the operator moves the whitelist to the new address only
+        lab.fresh_rate_limit()
+        code, output, seconds = invoke(*command)
         log(f"rebuild: {vm.name} ready in {boot:.0f} s, invoke rebuild exit {code} in {seconds:.0f} s")
 
         def console(command: str) -> str:
@@ -219,10 +264,25 @@ def rebuilt(lab: Lab, backed_up: dict):
             return result.stdout
 
         yield {"vm": vm, "inventory": inv, "code": code, "output": output, "seconds": seconds, "boot": boot,
+               "held": {"code": held_code, "output": held_output, "states": held},
                "report": json.loads(report.read_text()) if report.exists() else {}, "console": console}
     finally:
         if not fresh:
             machine.down(NEW_VM)
+
+
+def test_an_old_address_in_the_keys_whitelist_keeps_every_bot_stopped(rebuilt):
+    """The fence: the rebuild provisions B, asks the exchange from B, and starts nothing while OLD_ADDRESS is listed."""
+    held = rebuilt["held"]
+    assert held["code"] == 1, held["output"][-4000:]
+    assert held["states"] == {"alpha": "inactive", "beta": "inactive"}, held["output"][-3000:]
+    assert f"no bot was started on {rebuilt['vm'].name}" in held["output"]
+    assert f"beta: FAIL IP whitelist also allows {OLD_ADDRESS} (rebuild fence" in held["output"]
+    assert "Bybit: Account > API > the key > Edit" in held["output"] and "run the rebuild again" in held["output"]
+
+
+def test_once_the_whitelist_holds_only_the_new_address_the_bots_start(rebuilt):
+    assert "beta: fenced (the key's IP whitelist holds only 10.0.2.15)" in rebuilt["output"]
 
 
 def test_rebuild_succeeds(rebuilt):
@@ -271,13 +331,14 @@ def test_the_bots_carry_on_from_the_restored_state(rebuilt, backed_up, tmp_path)
 def test_rebuild_prints_the_new_address_and_the_whitelist_steps(rebuilt):
     output = rebuilt["output"]
     assert "new static IPv4: 10.0.2.15" in output
-    assert "beta (binance, the key in BINANCE_KEY): Binance: Account > API Management" in output
+    assert "beta (bybit, the key in BINANCE_KEY): Bybit: Account > API" in output
     assert f"invoke audit-keys --host {rebuilt['vm'].name} --bot beta" in output
     assert "alpha: no exchange key" in output
 
 
 def test_no_secret_in_the_rebuild_output(lab, rebuilt):
     assert lab.leaked(rebuilt["output"]) == []
+    assert lab.leaked(rebuilt["held"]["output"]) == []
     assert lab.leaked(json.dumps(rebuilt["report"])) == []
 
 

@@ -54,10 +54,11 @@ class Lab:
         return [value[:2] + "..." for value in self.secrets if value and value in text]
 
 
-def write_inventory(vm: machine.VM, directory: Path) -> Path:
-    """Molecule's inventory for ``vm``: its host variables, and a copy of molecule's group_vars (bots, vault)."""
+def write_inventory(vm: machine.VM, directory: Path, **host_vars: object) -> Path:
+    """Molecule's inventory for ``vm``: its host variables (and ``host_vars``), and a copy of molecule's group_vars
+    (bots, vault)."""
     # molecule's group_vars give the admin key as admin_key_files: admin_keys too would make it a second line.
-    return inventory.write(vm, directory, {"admin_keys": []}, group_vars=MOLECULE_SHARED / "group_vars")
+    return inventory.write(vm, directory, {"admin_keys": [], **host_vars}, group_vars=MOLECULE_SHARED / "group_vars")
 
 
 def vault_values() -> list[str]:

@@ -611,8 +611,9 @@ class Finding:
 _ANY_IP = ("*", "0.0.0.0", "0.0.0.0/0", "::/0", "::")
 
 
-def allowlist_findings(entries: Sequence[str], static_ip: str) -> list[Finding]:
-    """FAIL on no restriction or a list without this host; WARN on extra entries."""
+def allowlist_findings(entries: Sequence[str], static_ip: str, fence: bool = False) -> list[Finding]:
+    """FAIL on no restriction or a list without this host; WARN on extra entries (FAIL when ``fence``: during a
+    rebuild an extra entry may be the old server, which could still trade with the key)."""
     cleaned = [str(entry).strip() for entry in entries if str(entry).strip()]
     if not cleaned or any(entry in _ANY_IP for entry in cleaned):
         return [Finding(FAIL, "no IP restriction (key works from any IP)")]
@@ -632,6 +633,9 @@ def allowlist_findings(entries: Sequence[str], static_ip: str) -> list[Finding]:
             others.append(entry)  # a range also admits hosts other than this one
     if not covering:
         return [Finding(FAIL, f"IP whitelist does not include {static_ip}")]
+    if others and fence:
+        return [Finding(FAIL, "IP whitelist also allows " + ", ".join(others) + " (rebuild fence: the old server "
+                        f"could still trade with this key; remove every entry but {static_ip})")]
     if others:
         return [Finding(WARN, "IP whitelist also allows " + ", ".join(others))]
     return []
@@ -818,6 +822,7 @@ class Context:
     expiry_warn_days: int
     now: dt.datetime
     trades: tuple[str, ...]
+    fence: bool = False  # a rebuild's fence: an IP whitelist entry other than static_ipv4 is a FAIL
 
 
 class Exchange:
@@ -1026,7 +1031,7 @@ class Bybit(Exchange):
         findings += [Finding(FAIL, f"transfers enabled (Wallet: {name})") for name in self.transfer_permissions
                      if name.lower() in granted]
         ips = _require(payload, "ips", list, self.name)
-        findings += allowlist_findings(ips, ctx.static_ipv4)
+        findings += allowlist_findings(ips, ctx.static_ipv4, ctx.fence)
         if payload.get("isMaster") is True:
             findings.append(Finding(WARN, MAIN_ACCOUNT))
         try:
@@ -1080,7 +1085,7 @@ class Okx(Exchange):
         perms = [p.strip() for p in _require(payload, "perm", str, self.name).split(",")]
         findings = [Finding(FAIL, "withdrawals enabled")] if "withdraw" in perms else []
         ips = _require(payload, "ip", str, self.name).split(",")
-        findings += allowlist_findings(ips, ctx.static_ipv4)
+        findings += allowlist_findings(ips, ctx.static_ipv4, ctx.fence)
         uid, main = payload.get("uid"), payload.get("mainUid")
         return findings + ([Finding(WARN, MAIN_ACCOUNT)] if uid and uid == main else [])
 
@@ -1147,7 +1152,7 @@ class Kraken(Exchange):
         if any("withdraw" in p for p in permissions):
             findings.append(Finding(FAIL, "withdrawals enabled"))
         allow = _require(payload, "ipAllowlist", list, self.name)
-        findings += allowlist_findings(allow, ctx.static_ipv4)
+        findings += allowlist_findings(allow, ctx.static_ipv4, ctx.fence)
         try:
             expires = _parse_timestamp(payload.get("validUntil"))
         except ValueError:
@@ -1224,7 +1229,7 @@ def summarize(findings: Sequence[Finding]) -> AuditResult:
 
 def audit(config: Config, creds: Credentials, *, send: Sender = urllib_send,
           sleep: Callable[[float], None] = time.sleep,
-          clock: Callable[[], float] = time.time) -> AuditResult:
+          clock: Callable[[], float] = time.time, fence: bool = False) -> AuditResult:
     """Ask the exchange about the key; raises CheckError if it cannot tell."""
     exchange = EXCHANGES[config.exchange](creds)
     base_url = config.base_url or exchange.default_base_url
@@ -1235,7 +1240,7 @@ def audit(config: Config, creds: Credentials, *, send: Sender = urllib_send,
         label=config.exchange)
     payload = exchange.check_response(response, clock())
     now = dt.datetime.fromtimestamp(clock(), dt.UTC)
-    ctx = Context(config.static_ipv4, config.expiry_warn_days, now, config.trades)
+    ctx = Context(config.static_ipv4, config.expiry_warn_days, now, config.trades, fence)
     return summarize(exchange.evaluate(payload, ctx))
 
 
@@ -1280,6 +1285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     parser.add_argument("--allow-unchecked", action="store_true",
                         help="exit 0 (with a warning) when the exchange cannot be asked")
+    parser.add_argument("--fence", action="store_true",
+                        help="rebuild fence: an IP whitelist entry other than static_ipv4 is a FAIL, not a WARN")
     return parser
 
 
@@ -1299,7 +1306,7 @@ def _run(args: argparse.Namespace, run: _Run, environ: Mapping[str, str], send: 
     else:
         env, source = read_env_file(args.env_file), args.env_file
     run.creds = load_credentials(run.config, env, source)
-    return audit(run.config, run.creds, send=send, sleep=sleep, clock=clock)
+    return audit(run.config, run.creds, send=send, sleep=sleep, clock=clock, fence=args.fence)
 
 
 def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None,
