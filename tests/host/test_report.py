@@ -1,7 +1,8 @@
 """`invoke report` against the provisioned VM: one gather, real content in every part that matters.
 
 One run: the playbook's single read-only call, then ssh-audit paced to ufw's SSH limit (measured on
-the emulated VMs: about 60 s on Debian 13, 60 to 90 s on Debian 12). The inventory is written for the VM as an operator would (no
+the emulated VMs: about 60 s on Debian 13, 60 to 90 s on Debian 12), from a cold controller with its new
+SSH connections counted (sshcount.py): the report's share of the connection budget is judged here. The inventory is written for the VM as an operator would (no
 vault, no bots declared): the report finds the bots on the host itself, and no secret of theirs may
 show up anywhere in it.
 """
@@ -12,6 +13,7 @@ import subprocess
 import time
 
 import pytest
+import sshcount
 from conftest import FORGET_SSH_COUNTS
 
 from botvps.report import command, render_html, render_md
@@ -24,15 +26,27 @@ pytestmark = pytest.mark.connections
 
 
 @pytest.fixture(scope="module")
-def report(vm, tmp_path_factory, console):
-    console(FORGET_SSH_COUNTS, check=False)  # earlier tests' SSH connections
+def run(vm, tmp_path_factory, console) -> dict:
+    """`invoke report`'s gather and ssh-audit, once, from a cold controller, its new SSH connections counted."""
     inv = inventory.write(vm, tmp_path_factory.mktemp("report") / "inventory")
+    audit_started: list[float] = []
+
+    def log(message: str) -> None:
+        print(message)
+        if "ssh-audit" in message:
+            audit_started.append(time.time())
+
     started = time.monotonic()
-    reports = command.collect(inv, None, None, log=print)
+    times, reports, why = sshcount.counted(vm, console, lambda: command.collect(inv, None, None, log=log))
     print(f"report: gathered and audited {vm.name} in {time.monotonic() - started:.0f} s")
     # ssh-audit's paced scan leaves the controller close to ufw's limit: the next checks start afresh.
     console(FORGET_SSH_COUNTS, check=False)
-    found = reports[vm.name]
+    return {"reports": reports, "times": times, "audit_started": audit_started, "fresh_login": why}
+
+
+@pytest.fixture(scope="module")
+def report(vm, run):
+    found = run["reports"][vm.name]
     assert not isinstance(found, str), found
     return found
 
@@ -46,6 +60,19 @@ def _fingerprint(vm) -> str:
     out = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(vm.key_file.with_suffix(".pub"))],
                          capture_output=True, text=True, check=True).stdout
     return out.split()[1]
+
+
+def test_the_report_stays_in_budget_and_paces_ssh_audit(run):
+    """The playbook's part opens at most READ_ONLY_BUDGET new SSH connections, ssh-audit's paced scan keeps every
+    30 s window within WINDOW_BUDGET, and the admin can log in at once afterwards."""
+    times, [audit_start] = run["times"], run["audit_started"]
+    playbook = [t for t in times if t < audit_start]
+    print(f"\nreport: {len(playbook)} new SSH connection(s) for the playbook, {len(times) - len(playbook)} for "
+          f"ssh-audit, at most {sshcount.busiest_window(times)} in 30 s")
+    assert playbook, "no SSH connection counted at all: the count is broken"
+    assert len(playbook) <= sshcount.READ_ONLY_BUDGET, f"the report's playbook opened {len(playbook)} connections"
+    assert sshcount.busiest_window(times) <= sshcount.WINDOW_BUDGET, f"{sshcount.busiest_window(times)} within 30 s"
+    assert not run["fresh_login"], f"after the report a fresh admin login failed at once ({run['fresh_login']})"
 
 
 def test_ssh_audit_policy_passes(sections, console):
