@@ -16,7 +16,7 @@ The steps, each safe to repeat (an interrupted rebuild is simply run again):
 2. provision NEW with the site playbook and ``bots_start=false``: the bots' units are written and
    enabled but no bot starts;
 2b. the whitelist fence: where the exchange shows the key's IP whitelist, keyaudit asks it from NEW with
-   ``--fence`` (an entry other than NEW's static IPv4 is a FAIL); any bot not fenced and no bot starts;
+   ``--fence`` (an entry other than NEW's static IPv4 is a FAIL); while any bot is not fenced, no bot starts;
 3. restore (``playbooks/restore.yml``): every checksum is verified again on the host before anything
    is written, the bots are stopped, their state directories swapped in (owned by each bot's user)
    and every bot started; a bot already restored from the same backup is left alone;
@@ -39,7 +39,7 @@ from typing import Any
 from botvps import audit, drift, provision, runner, validate
 from botvps import backup as backups
 from botvps.paths import PROJECT_ROOT
-from botvps.hostcode import statehost
+from botvps.hostcode import keyaudit, statehost
 
 StateError = statehost.StateError
 
@@ -65,7 +65,7 @@ WHITELIST_STEPS: dict[str, str] = {
 
 # The exchanges that show botvps a key's IP whitelist (keyaudit reads it): there the fence is that the list holds
 # nothing but the new address. Binance shows only that a key is restricted; Coinbase shows nothing.
-SHOWS_WHITELIST = ("bybit", "okx", "kraken")
+SHOWS_WHITELIST = tuple(name for name, exchange in keyaudit.EXCHANGES.items() if exchange.shows_allowlist)
 RISK_FLAG = "--accept-two-servers-risk"
 
 

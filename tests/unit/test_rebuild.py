@@ -46,6 +46,10 @@ def test_every_exchange_keyaudit_knows_has_whitelist_steps():
     assert set(rebuild.WHITELIST_STEPS) == set(validate.EXCHANGES) - {"none"}
 
 
+def test_the_whitelist_fence_is_for_the_exchanges_whose_whitelist_keyaudit_reads():
+    assert rebuild.SHOWS_WHITELIST == ("bybit", "okx", "kraken")
+
+
 def test_whitelist_steps_say_when_the_address_did_not_change():
     lines = rebuild.whitelist_steps("vps1", "203.0.113.10", "203.0.113.10", BOTS[1:2])
     assert "the backup's server had the same address" in lines[0]

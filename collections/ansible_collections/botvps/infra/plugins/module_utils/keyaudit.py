@@ -834,6 +834,7 @@ class Exchange:
     auth_codes: frozenset[str] = frozenset()
     skew_codes: frozenset[str] = frozenset()
     private_key_kinds: tuple[str, ...] = ()  # besides HMAC secrets: the private keys it takes (PEM)
+    shows_allowlist = False  # its answer lists the key's IP whitelist (else only whether it has one, or nothing)
 
     def __init__(self, creds: Credentials) -> None:
         self.creds = creds
@@ -994,6 +995,7 @@ class Bybit(Exchange):
     """
 
     name = "bybit"
+    shows_allowlist = True
     default_base_url = "https://api.bybit.com"
     path = "/v5/user/query-api"
     recv_window_ms = 5000
@@ -1054,6 +1056,7 @@ class Okx(Exchange):
     """
 
     name = "okx"
+    shows_allowlist = True
     default_base_url = "https://www.okx.com"
     path = "/api/v5/account/config"
     auth_codes = frozenset({"50100", "50101", "50103", "50104", "50105", "50106", "50107",
@@ -1106,6 +1109,7 @@ class Kraken(Exchange):
     """
 
     name = "kraken"
+    shows_allowlist = True
     default_base_url = "https://api.kraken.com"
     path = "/0/private/GetApiKeyInfo"
     auth_codes = frozenset({"EAPI:Invalid key", "EAPI:Invalid signature",
