@@ -22,6 +22,7 @@ from botvps.vm.machine import FORGET_SSH_COUNTS  # noqa: F401 - the drills' impo
 # molecule's inventory for the lab VMs: two bots (alpha, beta) with sentinel secrets in the vault.
 LAB_GROUP_VARS = PROJECT_ROOT / "molecule" / "shared" / "group_vars"
 LAB_VAULT_PASSWORD = str(PROJECT_ROOT / "molecule" / "shared" / "vault-password")
+HERE = Path(__file__).parent
 
 
 def lab_provision(vm: machine.VM, directory: Path, extra: list[str] | None = None,
@@ -81,6 +82,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if group is not None and group.args[0] not in selected:
             item.add_marker(pytest.mark.skip(reason=f"a {group.args[0]} drill: set BOTVPS_DRILLS={group.args[0]} "
                                                     "(molecule runs each group on one scenario)"))
+    if "budget" in selected:  # its first drill runs the demo's checks (test_connection_budget.py): not twice
+        for item in items:
+            if (item.path.parent == HERE and not _is_drill(item)
+                    and not any(item.get_closest_marker(m) for m in ("lab", "connections"))):
+                item.add_marker(pytest.mark.skip(reason="run by the budget drill's invoke demo checks "
+                                                        "(test_the_demos_checks_share_one_connection)"))
     items.sort(key=_is_drill)
     DRILLS.update(item.nodeid for item in items if _is_drill(item))
 

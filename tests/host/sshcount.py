@@ -64,3 +64,13 @@ def counted(vm: machine.VM, console, action: Callable[[], object]) -> tuple[list
     finally:
         console(COUNT_OFF, check=False)
     return times, result, admin_logs_in_at_once(vm)
+
+
+def judge(name: str, times: list[float], budget: int, why: str) -> None:
+    """Assert that a command's new connections (``times``, from :func:`counted`) fit ``budget`` and the 30 s window,
+    and that the admin could log in at once afterwards (``why`` is '')."""
+    busiest = busiest_window(times)
+    print(f"\n{name}: {len(times)} new SSH connection(s), at most {busiest} in 30 s")
+    assert len(times) <= budget, f"{name} opened {len(times)} new SSH connections (budget {budget})"
+    assert busiest <= WINDOW_BUDGET, f"{name}: {busiest} new connections within 30 s"
+    assert not why, f"after {name} a fresh admin login failed at once ({why})"

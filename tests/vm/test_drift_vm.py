@@ -12,6 +12,8 @@ The VM and its inventory come from tests/vm/conftest.py: molecule's debian12 VM 
 - read-only: the sha256 (and mode, owner, size, mtime) of every file and directory under the
   configuration directories is read through the guest agent (out of band) right before and right
   after that drift run: it must change nothing, drills and all.
+- connections: that run is counted (tests/host/sshcount.py) from a cold controller, with Ansible's own strategy:
+  drift's share of the connection budget is judged here, not on a second run in the budget drill.
 - that a freshly provisioned host has no drift is shown by the rebuild test (tests/vm/test_rebuild_vm.py),
   whose replacement server must come out of its drift check clean.
 """
@@ -19,6 +21,7 @@ The VM and its inventory come from tests/vm/conftest.py: molecule's debian12 VM 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -32,7 +35,9 @@ import yaml
 
 from botvps.paths import PROJECT_ROOT
 
-from .vmlab import Lab
+from .vmlab import Lab, host_helper
+
+sshcount = host_helper("sshcount")
 
 pytestmark = [pytest.mark.vm]
 
@@ -42,12 +47,15 @@ DRILL_IPV4 = "10.0.2.99"
 
 
 def run_drift(lab: Lab, inv: Path | None = None, *extra: str) -> tuple[int, dict, str, float]:
-    """`invoke drift --json` as an operator runs it; (exit code, parsed JSON, all output, seconds)."""
+    """`invoke drift --json` as an operator runs it, with botvps' default (Ansible's own strategy, whatever the
+    scenario's); (exit code, parsed JSON, all output, seconds)."""
     lab.fresh_rate_limit()
     command = [str(Path(sys.executable).parent / "invoke"), "drift", "--json", "--inventory", str(inv or lab.inventory),
                "--vault-password-file", str(lab.password_file), *extra]
+    env = {name: value for name, value in os.environ.items() if name not in ("ANSIBLE_STRATEGY", "BOTVPS_MITOGEN")}
     started = time.monotonic()
-    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200, env=env,
+                            stdin=subprocess.DEVNULL)
     seconds = time.monotonic() - started
     print(f"\n$ {shlex.join(command)}\n  exit {result.returncode} in {seconds:.0f} s\n{result.stderr}", file=sys.stderr)
     try:
@@ -124,7 +132,8 @@ def drilled(lab):
             lab.console(make.format(dev=dev))
             done.append(name)
         before = snapshot(lab)
-        code, report, output, seconds = run_drift(lab, drill_inv, "--junit", str(junit))
+        syns, (code, report, output, seconds), why = sshcount.counted(
+            lab.vm, lab.run, lambda: run_drift(lab, drill_inv, "--junit", str(junit)))
         after = snapshot(lab)
     finally:
         for name in reversed(done):
@@ -133,7 +142,7 @@ def drilled(lab):
                        "ip -o -4 addr show; stat -c %a /etc/botvps/alpha/secrets.env; "
                        "systemctl is-active botvps-bot-alpha.service", check=False)
     return {"code": code, "report": report, "output": output, "seconds": seconds, "left": left, "active": active,
-            "before": before, "after": after, "junit": junit}
+            "before": before, "after": after, "junit": junit, "syns": syns, "why": why}
 
 
 def test_drift_changes_no_file(drilled):
@@ -141,6 +150,11 @@ def test_drift_changes_no_file(drilled):
     assert len(before) > 50 and any(p.startswith("/etc/botvps/alpha/secrets.env") for p in before)
     changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
     assert changed == [], "\n".join(f"{p}: {before.get(p)} -> {after.get(p)}" for p in changed)
+
+
+def test_drift_stays_in_the_connection_budget(drilled):
+    """From a cold controller, drills and all: at most two new SSH connections, and the admin logs in at once after."""
+    sshcount.judge("invoke drift", drilled["syns"], sshcount.READ_ONLY_BUDGET, drilled["why"])
 
 
 def test_no_secret_in_any_output(lab, drilled):

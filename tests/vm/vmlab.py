@@ -12,6 +12,7 @@ variables from ``botvps.vm.inventory`` (as an operator would write them).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ from botvps.paths import PROJECT_ROOT
 from botvps.vm import inventory, machine
 
 MOLECULE_SHARED = PROJECT_ROOT / "molecule" / "shared"
+HOST_TESTS = PROJECT_ROOT / "tests" / "host"
 PASSWORD_FILE = MOLECULE_SHARED / "vault-password"
 # "test-" VMs are stopped by `invoke test` (botvps.testing) if one is left over.
 LAB_VM = os.environ.get("BOTVPS_LAB_VM", "test-lab")
@@ -39,11 +41,15 @@ class Lab:
     tmp: Path
     owned: bool  # booted by these tests (else molecule's)
 
-    def console(self, command: str, check: bool = True, timeout: float = 180.0) -> str:
+    def run(self, command: str, check: bool = True, timeout: float = 180.0):
+        """A root command through the guest agent (out of band, no SSH); its result (as tests/host's console)."""
         result = self.vm.console().run(command, timeout=timeout)
         if check and result.exit_code != 0:
             raise AssertionError(f"console: {command!r} exited {result.exit_code}: {result.stderr or result.stdout}")
-        return result.stdout
+        return result
+
+    def console(self, command: str, check: bool = True, timeout: float = 180.0) -> str:
+        return self.run(command, check, timeout).stdout
 
     def fresh_rate_limit(self) -> None:
         """Forget ufw's per-source SSH counts (6 new connections per 30 s): each run is judged on its own."""
@@ -80,10 +86,16 @@ def vault_values() -> list[str]:
     return found
 
 
+def host_helper(name: str):
+    """A helper module of tests/host (sntp, sshcount), imported from there."""
+    if str(HOST_TESTS) not in sys.path:
+        sys.path.insert(0, str(HOST_TESTS))
+    return importlib.import_module(name)
+
+
 def sntp_server():
     """The tests' NTP stand-in on the controller's 127.0.0.1:123 (10.0.2.2 in the VM); None when taken."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "host"))
-    from sntp import SNTPServer
+    SNTPServer = host_helper("sntp").SNTPServer
 
     try:
         return SNTPServer().__enter__()
