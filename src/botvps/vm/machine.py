@@ -23,6 +23,11 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 HANDOVER_USERS = ("root", "debian")
 # Run as root in the guest: ufw's SSH limit (6 new connections from one source in 30 s) forgets every source.
 FORGET_SSH_COUNTS = "for f in /proc/net/xt_recent/*; do echo / > $f; done"
+# Run as root in the guest around a restore: close its side of every TCP connection with the controller (QEMU's user
+# networking shows the controller as 10.0.2.2, with the controller's own source ports). The restored guest still
+# holds the connections it had when the snapshot was saved; a new connection from one of their ports would meet
+# that stale socket and wait seconds for sshd's banner, or never get it.
+CLOSE_CONTROLLER_CONNECTIONS = "ss -K dst 10.0.2.2"
 
 
 class VMError(RuntimeError):
@@ -162,14 +167,29 @@ class VM:
         """Put the guest back exactly as it was when ``tag`` was saved; seconds taken.
 
         The guest then runs on from that instant, so afterwards its clock is set to now (timesyncd,
-        which watches for clock jumps, then measures it again) and the controller's SSH connections to it,
-        which the guest no longer knows, are closed.
+        which watches for clock jumps, then measures it again), and the connections between the controller and
+        the guest are closed on both sides: the controller's multiplexed SSH connections, which the guest no
+        longer knows, and the guest's side of those it held when ``tag`` was saved, which the controller no
+        longer has.
         """
         started = time.monotonic()
-        self._monitor(f"loadvm {tag}", timeout)
+        # First while the guest still knows them, so that QEMU's user networking forgets them too: closed after the
+        # restore instead, they would linger there half-closed and take the next connection from the same port.
         drop_control_sockets(self)
+        try:
+            GuestAgent(self.qga_socket, timeout=10).run(CLOSE_CONTROLLER_CONNECTIONS, timeout=10)
+        except (OSError, AgentError):
+            pass  # a guest that does not answer (paused, hung) is restored all the same
+        self._monitor(f"loadvm {tag}", timeout)
         self._set_clock()
+        closed = self.console().run(CLOSE_CONTROLLER_CONNECTIONS, timeout=30)
+        if closed.exit_code != 0:
+            raise VMError(f"VM {self.name}: could not close its stale connections: {closed.stderr or closed.stdout}")
         return time.monotonic() - started
+
+    def delete(self, tag: str, timeout: float = 120) -> None:
+        """Delete the internal snapshot ``tag``."""
+        self._monitor(f"delvm {tag}", timeout)
 
     def _set_clock(self) -> None:
         """Set the guest's clock to the controller's through the guest agent (after a pause, save or restore)."""
