@@ -65,7 +65,7 @@ def run(name: str = "demo", suite: str = "bookworm") -> int:
     # The drills marked "lab" re-provision the VM with molecule's inventory, and those marked "connections" open SSH
     # connections of their own on purpose: the test suite runs them, not the demo. The demo's checks share one
     # multiplexed connection, so the commands it prints work at once (the firewall allows 6 new ones per 30 s).
-    checks = verify.run(inv, vm_name=name, extra=["-m", "not lab and not connections"], vault_password_file=password)
+    checks = verify.run(inv, vm_name=name, extra=["-m", verify.DEMO_CHECKS], vault_password_file=password)
     print()
     print(f"demo: provisioned in {result.seconds:.0f} s, {result.changed} changes; checks "
           + ("passed" if checks == 0 else "FAILED (see above)"))

@@ -804,10 +804,7 @@ def _verify_host(inventory: Path, host: str, vault_password_file: str | None) ->
         junit = Path(tmp) / "verify.xml"
         extra = [f"--hosts=ansible://{host}", f"--junitxml={junit}",
                  "-o", "junit_family=xunit2", "-k", " and ".join(f"not {name}" for name in VERIFY_SKIPPED)]
-        env = runner.environment({"ANSIBLE_VAULT_PASSWORD_FILE": str(Path(vault_password_file).resolve())}
-                                 if vault_password_file else {})
-        for name in ("BOTVPS_VM_NAME", "BOTVPS_DRILLS"):  # the console-based tests change things on purpose
-            env.pop(name, None)
+        env = verify.environment(vault_password_file=vault_password_file or None)  # no console-based checks
         # ansible.cfg asks for ControlMaster but names no ControlPath, so testinfra would open a new SSH
         # connection per command and trip ufw's limit (6 per 30 s): give it a path to share one.
         env["ANSIBLE_SSH_EXTRA_ARGS"] = f"-o ControlPath={tmp}/%C"

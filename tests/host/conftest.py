@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from botvps import provision, runner
+from botvps import provision, runner, verify
 from botvps.paths import PROJECT_ROOT
 from botvps.vm import inventory, machine
 from botvps.vm.machine import FORGET_SSH_COUNTS  # noqa: F401 - the drills' import
@@ -84,8 +84,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                                     "(molecule runs each group on one scenario)"))
     if "budget" in selected:  # its first drill runs the demo's checks (test_connection_budget.py): not twice
         for item in items:
-            if (item.path.parent == HERE and not _is_drill(item)
-                    and not any(item.get_closest_marker(m) for m in ("lab", "connections"))):
+            if item.path.parent == HERE and not any(item.get_closest_marker(m) for m in verify.DEMO_EXCLUDED_MARKS):
                 item.add_marker(pytest.mark.skip(reason="run by the budget drill's invoke demo checks "
                                                         "(test_the_demos_checks_share_one_connection)"))
     items.sort(key=_is_drill)

@@ -28,8 +28,6 @@ pytestmark = [
     pytest.mark.restore(PROVISIONED),
     pytest.mark.drills("budget"),
 ]
-# What `invoke demo` runs (botvps.demo), without the drills that run late.
-DEMO_CHECKS = "not lab and not connections and not late"
 
 PROVISION_BUDGET = 2  # plus the fresh-login proofs, of which a run that changes nothing needs none
 
@@ -55,7 +53,7 @@ def invoke(*args: str) -> subprocess.CompletedProcess:
 def test_the_demos_checks_share_one_connection(vm, counted, lab_inventory):
     """The scenario's one run of the demo's checks (conftest.py skips them in this session): they pass, and share
     one connection."""
-    times, code, why = counted(lambda: verify.run(lab_inventory, vm_name=vm.name, extra=["-m", DEMO_CHECKS],
+    times, code, why = counted(lambda: verify.run(lab_inventory, vm_name=vm.name, extra=["-m", verify.DEMO_CHECKS],
                                              vault_password_file=Path(LAB_VAULT_PASSWORD)))
     assert code == 0, "the demo's checks failed on the provisioned VM"
     sshcount.judge("the demo's checks", times, sshcount.READ_ONLY_BUDGET, why)

@@ -49,7 +49,6 @@ DRILL_IPV4 = "10.0.2.99"
 def run_drift(lab: Lab, inv: Path | None = None, *extra: str) -> tuple[int, dict, str, float]:
     """`invoke drift --json` as an operator runs it, with botvps' default (Ansible's own strategy, whatever the
     scenario's); (exit code, parsed JSON, all output, seconds)."""
-    lab.fresh_rate_limit()
     command = [str(Path(sys.executable).parent / "invoke"), "drift", "--json", "--inventory", str(inv or lab.inventory),
                "--vault-password-file", str(lab.password_file), *extra]
     env = {name: value for name, value in os.environ.items() if name not in ("ANSIBLE_STRATEGY", "BOTVPS_MITOGEN")}
