@@ -103,10 +103,16 @@ def vm_up(c, name, suite="bookworm", user="root", forward=None):
     _exit(vm_cli.main(["up", name, "--suite", suite, "--user", user, *[f"--forward={p}" for p in forward or []]]))
 
 
-@task(help={"all": "every VM", "name": "VM name"}, positional=["name"])
-def vm_down(c, name=None, all=False):  # noqa: A002 - invoke flag name
-    """Stop VMs and delete their disks."""
-    _exit(vm_cli.main(["down", "--all"] if all else ["down", name or sys.exit("vm.down NAME or --all")]))
+@task(help={"name": "VM name"}, positional=["name"])
+def vm_down(c, name):
+    """Stop a VM and delete its disk."""
+    _exit(vm_cli.main(["down", name]))
+
+
+@task
+def vm_down_all(c):
+    """Stop every throwaway VM and delete their disks (invoke cannot leave vm.down's NAME out)."""
+    _exit(vm_cli.main(["down", "--all"]))
 
 
 @task
@@ -183,7 +189,8 @@ def rebuild(c, host, restore_from=None, inventory="inventory", vault_password_fi
 
 
 vm = Collection("vm")
-for name, fn in {"up": vm_up, "down": vm_down, "list": vm_list, "ssh": vm_ssh, "console": vm_console}.items():
+for name, fn in {"up": vm_up, "down": vm_down, "down-all": vm_down_all, "list": vm_list, "ssh": vm_ssh,
+                 "console": vm_console}.items():
     vm.add_task(fn, name=name)
 
 secrets = Collection("secrets")

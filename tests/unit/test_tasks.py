@@ -20,3 +20,9 @@ def test_vm_down_takes_the_name_as_the_demo_prints_it(tmp_path: Path) -> None:
     result = invoke("vm.down", "nosuchvm", home=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "nosuchvm: not running" in result.stdout + result.stderr
+
+
+def test_every_vm_is_stopped_with_vm_down_all(tmp_path: Path) -> None:
+    # The README's other spelling: invoke cannot leave a positional NAME out, so `vm.down --all` never parsed.
+    result = invoke("vm.down-all", home=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
