@@ -34,8 +34,6 @@ def test_the_next_drill_starts_from_the_snapshot(vm, console):
     assert abs(guest - time.time()) < 2, f"the guest's clock is {guest - time.time():+.1f} s off after the restore"
 
 
-
-
 def test_a_restore_leaves_no_stale_connection(vm, console):
     """A connection open across a restore is gone on both sides: a new one from its port is answered at its first SYN."""
     held = socket.create_connection(("127.0.0.1", vm.ssh_port), timeout=10)
@@ -48,23 +46,21 @@ def test_a_restore_leaves_no_stale_connection(vm, console):
         assert held.recv(64)  # sshd's key exchange offer
         vm.restore("held-connection")
         held.close()
-        console(sshcount.COUNT_ON)
-        since = float(console("date +%s.%N").stdout)
-        # The guest sees the controller's source port, not its address: from 127.0.0.2 the port is free again at
-        # once (on 127.0.0.1 the old connection's TIME_WAIT holds it for a minute).
-        again = socket.socket()
-        again.bind(("127.0.0.2", port))
-        again.settimeout(15)
-        with again:
-            again.connect(("127.0.0.1", vm.ssh_port))
-            try:
-                answer = again.recv(64)
-            except TimeoutError:
-                answer = b""
-        time.sleep(1)  # the SYN's log line reaches the journal
-        syns = len(sshcount.syn_times(console, since))
+
+        def reconnect() -> bytes:
+            # The guest sees the controller's source port, not its address: from 127.0.0.2 the port is free again
+            # at once (on 127.0.0.1 the old connection's TIME_WAIT holds it for a minute).
+            with socket.socket() as again:
+                again.bind(("127.0.0.2", port))
+                again.settimeout(15)
+                again.connect(("127.0.0.1", vm.ssh_port))
+                try:
+                    return again.recv(64)
+                except TimeoutError:
+                    return b""
+
+        times, answer, _ = sshcount.counted(vm, console, reconnect)
         assert answer.startswith(b"SSH-"), f"no banner in 15 s for a new connection from port {port}"
-        assert syns == 1, f"the new connection from port {port} took {syns} SYNs: a stale one was in its way"
+        assert len(times) == 1, f"the new connection from port {port} took {len(times)} SYNs: a stale one was in its way"
     finally:
-        console(sshcount.COUNT_OFF, check=False)
         vm.delete("held-connection")

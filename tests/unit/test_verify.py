@@ -43,4 +43,3 @@ def test_drift_runs_the_suite_without_drills_or_console_checks(monkeypatch, tmp_
     assert "BOTVPS_DRILLS" not in seen and "BOTVPS_VM_NAME" not in seen
     assert seen["ANSIBLE_VAULT_PASSWORD_FILE"] == str(tmp_path / "vault-password")
     assert "did not run" in error  # no JUnit file from the stand-in
-
